@@ -1,0 +1,192 @@
+"""``BMRetrieverEmbedding``: a LlamaIndex embedding model over :class:`bmrag.encoder.BMRetrieverEncoder`.
+
+The adapter adds nothing to the vectors: queries go through ``encoder.encode_queries`` (instruction + query
+template) and texts through ``encoder.encode_documents`` (passage template), so the numbers equal the encoder's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
+
+from bmrag import prompts
+from bmrag.encoder import BMRetrieverEncoder
+
+logger = logging.getLogger(__name__)
+
+_LOAD_OPTIONS = ("revision", "dtype", "device", "max_length", "pooling", "normalize")
+
+
+def reject_unknown_kwargs(kwargs: Mapping[str, Any], valid: Iterable[str], where: str) -> None:
+    """Raise ``TypeError`` naming unknown keyword arguments, a close match, and every valid name."""
+    if not kwargs:
+        return
+    valid = sorted(valid)
+    parts = []
+    for key in sorted(kwargs):
+        close = difflib.get_close_matches(key, valid, n=1)
+        parts.append(repr(key) + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise TypeError(f"{where} got unknown keyword argument(s) {', '.join(parts)}; valid: {', '.join(valid)}")
+
+
+def resolve_query_instruction(encoder: BMRetrieverEncoder, instruction: str | None, task: str | None,
+                              owner: str) -> tuple[str | None, str | None]:
+    """Pick the query instruction once and log it: ``(instruction, task)`` as the component will use them.
+
+    Order: ``instruction``, else ``task``, else the model's recorded default, else ``prompts.DEFAULT_TASK``.
+    Models whose query template has no ``{instruction}`` (sentence-transformers baselines) get ``(None, None)``.
+    """
+    model = encoder.source.model
+    if not encoder.recipe.needs_instruction:
+        if instruction is not None or task is not None:
+            logger.warning("%s: %s embeds queries as %r with no instruction; ignoring instruction=%r task=%r",
+                           owner, model, encoder.recipe.query_template, instruction, task)
+        else:
+            logger.info("%s: %s embeds queries as %r (no instruction)", owner, model, encoder.recipe.query_template)
+        return None, None
+    if instruction is not None and task is not None:
+        # A config saved by to_dict() carries both; accept it only when they agree.
+        if prompts.get_instruction(task) != instruction:
+            raise ValueError(f"{owner}: pass either instruction= or task=, not both (task {task!r} has instruction "
+                             f"{prompts.get_instruction(task)!r}, got {instruction!r})")
+        origin = f"task {task!r}"
+    elif instruction is not None:
+        instruction, origin = prompts.resolve_instruction(instruction=instruction), "instruction="
+    elif task is not None:
+        instruction, origin = prompts.get_instruction(task), f"task {task!r}"
+    elif encoder.default_instruction:
+        instruction, origin = encoder.default_instruction, f"{model}'s recorded default"
+    else:
+        task = prompts.DEFAULT_TASK
+        instruction, origin = prompts.get_instruction(task), f"default task {task!r}"
+    logger.info("%s: query instruction for %s (%s): %r", owner, model, origin, instruction)
+    return instruction, task
+
+
+class BMRetrieverEmbedding(BaseEmbedding):
+    """LlamaIndex embedding model running the BMRetriever recipe (or any model :class:`BMRetrieverEncoder` loads).
+
+    With the BMRetriever recipe, queries are embedded as ``"{instruction}\\nQuery: {query}"`` and texts as
+    ``"Represent this passage\\npassage: {text}"`` (other models use their own templates);
+    :meth:`format_query` shows the exact query text. The instruction is chosen once (``instruction``, else
+    ``task``, else the model's recorded default, else ``bmrag.prompts.DEFAULT_TASK``), logged, and kept in
+    the ``instruction`` field.
+
+    LlamaIndex embeds a node's ``get_content(MetadataMode.EMBED)``, which prepends its metadata
+    (``"key: value"`` lines) unless the keys are listed in ``node.excluded_embed_metadata_keys``. For the
+    exact recipe a node's text should be ``title + " " + text`` with every metadata key excluded
+    (``bmrag.store.corpus_to_nodes`` builds nodes that way).
+
+    Example:
+        >>> emb = BMRetrieverEmbedding(model_name="BMRetriever/BMRetriever-410M", task="scifact")
+        >>> emb = BMRetrieverEmbedding(encoder=my_encoder)  # reuse a loaded encoder
+    """
+
+    model_name: str = Field(description="Model loaded: Hub id, local path or offline alias (see bmrag.models).")
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit) to pin.")
+    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        default=None, description="Weights dtype; default bfloat16 (filled in with the dtype used).")
+    device: str | None = Field(default=None, description="'cpu', 'cuda', 'cuda:1'...; default cuda when available.")
+    max_length: int | None = Field(default=None, description="Tokens per text including EOS (recipe: 512).")
+    pooling: Literal["last", "mean", "cls"] | None = Field(default=None, description="Pooling (recipe: last).")
+    normalize: bool | None = Field(default=None, description="L2-normalise vectors (recipe: False, dot product).")
+    instruction: str | None = Field(
+        default=None, description="Query instruction actually used (resolved from instruction/task; None when the "
+                                  "model's query template takes none).")
+    task: str | None = Field(default=None, description="Task whose official instruction is used (bmrag.prompts).")
+    embed_batch_size: int = Field(default=32, gt=0, le=2048, description="Texts per forward pass.")
+
+    _encoder: BMRetrieverEncoder = PrivateAttr()
+
+    def __init__(self, model_name: str | None = None, *, encoder: BMRetrieverEncoder | None = None,
+                 instruction: str | None = None, task: str | None = None, embed_batch_size: int = 32,
+                 **kwargs: Any) -> None:
+        base = {"callback_manager", "num_workers", "embeddings_cache", "rate_limiter"}
+        reject_unknown_kwargs({k: v for k, v in kwargs.items() if k not in {*_LOAD_OPTIONS, *base}},
+                              ["model_name", "encoder", "instruction", "task", "embed_batch_size", *_LOAD_OPTIONS,
+                               *base], "BMRetrieverEmbedding()")
+        load = {k: kwargs.pop(k) for k in _LOAD_OPTIONS if kwargs.get(k) is not None}
+        kwargs = {k: v for k, v in kwargs.items() if k not in _LOAD_OPTIONS}
+        encoder = encoder_for(model_name, encoder, load, "BMRetrieverEmbedding")
+        instruction, task = resolve_query_instruction(encoder, instruction, task, "BMRetrieverEmbedding")
+        recipe = encoder.recipe
+        super().__init__(model_name=encoder.source.model, revision=encoder.source.revision,
+                         dtype=str(encoder.dtype).removeprefix("torch."), device=str(encoder.device),
+                         max_length=recipe.max_length, pooling=recipe.pooling, normalize=recipe.normalize,
+                         instruction=instruction, task=task, embed_batch_size=embed_batch_size, **kwargs)
+        self._encoder = encoder
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "BMRetrieverEmbedding"
+
+    @property
+    def encoder(self) -> BMRetrieverEncoder:
+        """The underlying encoder (share it with a reranker or the store manifest)."""
+        return self._encoder
+
+    def to_payload(self) -> dict[str, Any]:
+        return {**super().to_payload(), "instruction": self.instruction, "task": self.task}
+
+    def format_query(self, query: str) -> str:
+        """The exact text embedded for ``query``."""
+        return self._encoder.format_query(query, instruction=self.instruction)
+
+    def format_document(self, text: str) -> str:
+        """The exact text embedded for a node text."""
+        return self._encoder.format_document(text)
+
+    def _get_query_embedding(self, query: str) -> Embedding:
+        return self._encoder.encode_queries([query], instruction=self.instruction, batch_size=1)[0].tolist()
+
+    async def _aget_query_embedding(self, query: str) -> Embedding:
+        return await asyncio.to_thread(self._get_query_embedding, query)
+
+    def _get_text_embedding(self, text: str) -> Embedding:
+        return self._get_text_embeddings([text])[0]
+
+    async def _aget_text_embedding(self, text: str) -> Embedding:
+        return await asyncio.to_thread(self._get_text_embedding, text)
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
+        return self._encoder.encode_documents(texts, batch_size=self.embed_batch_size).tolist()
+
+    async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
+        return await asyncio.to_thread(self._get_text_embeddings, texts)
+
+
+def encoder_for(model_name: str | None, encoder: BMRetrieverEncoder | None, load: dict[str, Any],
+                 owner: str) -> BMRetrieverEncoder:
+    """Load ``model_name`` with ``load`` options, or check and return an already-built ``encoder``."""
+    if encoder is None:
+        if not model_name:
+            raise ValueError(f"{owner}: pass model_name= (Hub id, local path or offline alias) or encoder=")
+        return BMRetrieverEncoder.from_pretrained(model_name, **load)
+    if not isinstance(encoder, BMRetrieverEncoder):
+        raise TypeError(f"{owner}: encoder= must be a BMRetrieverEncoder, got {type(encoder).__name__}")
+    if model_name is not None and model_name != encoder.source.model:
+        raise ValueError(f"{owner}: model_name={model_name!r} does not match the given encoder's model "
+                         f"{encoder.source.model!r}; pass one or the other")
+    # Options that only apply when loading would be silently ignored for a built encoder.
+    differs = {k: v for k, v in load.items() if str(v) != str(_current(encoder, k))}
+    if differs:
+        raise ValueError(f"{owner}: {sorted(differs)} apply when loading a model, but encoder= is already loaded "
+                         f"(with {({k: _current(encoder, k) for k in differs})}); set them in "
+                         "BMRetrieverEncoder.from_pretrained() instead")
+    return encoder
+
+
+def _current(encoder: BMRetrieverEncoder, option: str) -> Any:
+    if option == "dtype":
+        return str(encoder.dtype).removeprefix("torch.")
+    if option == "device":
+        return str(encoder.device)
+    if option == "revision":
+        return encoder.source.revision
+    return getattr(encoder.recipe, option)
