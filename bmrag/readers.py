@@ -93,18 +93,29 @@ def iter_jsonl(path: str | os.PathLike[str], *, skip_bad: bool = False,
 
 def load_corpus(folder: str | os.PathLike[str], *, skip_bad: bool = False,
                 report: ReadReport | None = None) -> dict[str, dict[str, str]]:
-    """Read a BEIR corpus: ``{doc_id: {"title", "text", ...metadata}}``.
+    """Read a BEIR corpus: ``{doc_id: {"title", "text", "metadata"}}``.
+
+    Args:
+        folder: A BEIR folder (holding ``corpus.jsonl.gz`` or ``corpus.jsonl``) or such a file itself.
+        skip_bad: Count malformed records in ``report`` instead of raising.
+        report: Receives counts of read, empty (skipped) and bad records.
 
     Raises:
         DataError: Missing file, malformed line, a record without ``_id``/``text``, or a duplicate id.
     """
     report = report if report is not None else ReadReport()
-    path = _find(Path(folder), "corpus.jsonl.gz", "corpus.jsonl")
+    folder = Path(folder)
+    if folder.is_file():
+        path = folder
+    elif folder.is_dir():
+        path = _find(folder, "corpus.jsonl.gz", "corpus.jsonl")
+    else:
+        raise DataError(f"{folder}: no such corpus (a BEIR folder or a .jsonl/.jsonl.gz file)")
     corpus: dict[str, dict[str, str]] = {}
     for lineno, record in iter_jsonl(path, skip_bad=skip_bad, report=report):
         problem = None
-        if "_id" not in record:
-            problem = "missing field '_id'"
+        if "_id" not in record or "text" not in record:
+            problem = f"missing field {'_id' if '_id' not in record else 'text'!r}"
         elif not isinstance(record.get("text", ""), str) or not isinstance(record.get("title", "") or "", str):
             problem = "fields 'title' and 'text' must be strings"
         elif str(record["_id"]) in corpus:

@@ -182,7 +182,7 @@ def test_rebuilding_the_corpus_reproduces_the_bundled_file(tmp_path):
 def test_corpus_files_are_validated_with_file_and_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"_id": "a", "text": "fine"}\n{"_id": "b"}\n', encoding="utf-8")
-    with pytest.raises(DataError, match=r"bad.jsonl:2: a document needs '_id' and string 'text'"):
+    with pytest.raises(DataError, match=r"bad.jsonl:2: missing field 'text'"):
         read_documents(bad)
     with pytest.raises(DataError, match="no such corpus"):
         read_documents(tmp_path / "missing.jsonl.gz")

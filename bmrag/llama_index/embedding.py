@@ -7,32 +7,18 @@ template) and texts through ``encoder.encode_documents`` (passage template), so 
 from __future__ import annotations
 
 import asyncio
-import difflib
 import logging
-from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 
 from bmrag import prompts
-from bmrag.encoder import BMRetrieverEncoder
+from bmrag.encoder import BMRetrieverEncoder, reject_unknown_kwargs
 
 logger = logging.getLogger(__name__)
 
 _LOAD_OPTIONS = ("revision", "dtype", "device", "max_length", "pooling", "normalize")
-
-
-def reject_unknown_kwargs(kwargs: Mapping[str, Any], valid: Iterable[str], where: str) -> None:
-    """Raise ``TypeError`` naming unknown keyword arguments, a close match, and every valid name."""
-    if not kwargs:
-        return
-    valid = sorted(valid)
-    parts = []
-    for key in sorted(kwargs):
-        close = difflib.get_close_matches(key, valid, n=1)
-        parts.append(repr(key) + (f" (did you mean {close[0]!r}?)" if close else ""))
-    raise TypeError(f"{where} got unknown keyword argument(s) {', '.join(parts)}; valid: {', '.join(valid)}")
 
 
 def resolve_query_instruction(encoder: BMRetrieverEncoder, instruction: str | None, task: str | None,

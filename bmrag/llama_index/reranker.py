@@ -12,8 +12,8 @@ from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRan
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
-from bmrag.encoder import BMRetrieverEncoder
-from bmrag.llama_index.embedding import encoder_for, reject_unknown_kwargs, resolve_query_instruction
+from bmrag.encoder import BMRetrieverEncoder, reject_unknown_kwargs
+from bmrag.llama_index.embedding import encoder_for, resolve_query_instruction
 
 logger = logging.getLogger(__name__)
 dispatcher = get_dispatcher(__name__)
