@@ -14,6 +14,7 @@ Recipe (see ``docs/recipe.md``):
 from __future__ import annotations
 
 import difflib
+import inspect
 import json
 import logging
 import os
@@ -92,7 +93,10 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Recipe:
-        names = {f.name for f in fields(cls)}
+        """Inverse of :meth:`to_dict`; unknown keys are rejected (a typo would otherwise change nothing)."""
+        names = [f.name for f in fields(cls)]
+        reject_unknown_kwargs({k: v for k, v in data.items() if k not in names and k != "similarity"}, names,
+                              "Recipe.from_dict()")
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
@@ -228,9 +232,9 @@ class BMRetrieverEncoder:
             raise ValueError("the recipe appends EOS but the tokenizer has no eos_token_id; pass append_eos=False")
         pad = tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else (tokenizer.eos_token_id or 0)
-        forward = getattr(model, "forward", None)
-        varnames = getattr(getattr(forward, "__code__", None), "co_varnames", ())
-        self._takes_position_ids = "position_ids" in varnames or "kwargs" in varnames
+        parameters = inspect.signature(model.forward).parameters  # follows __wrapped__ of HF decorators
+        self._takes_position_ids = "position_ids" in parameters or any(
+            p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
     # ----------------------------------------------------------------------------------------- loading
     @classmethod
@@ -544,7 +548,8 @@ def _load(name: str, revision: str | None, dtype: torch.dtype):
                                       allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.py"])
         except Exception as err:  # the hub raises several types; all mean "not obtainable"
             raise OSError(
-                f"could not fetch {name!r} (revision {revision or 'default'}) from the Hugging Face Hub: "
+                f"no local path {name!r} exists and it could not be fetched as a Hub id "
+                f"(revision {revision or 'default'}) from the Hugging Face Hub: "
                 f"{type(err).__name__}: {err}. Offline? Download it where the Hub is reachable and pass the "
                 f"local directory, or use an offline model: {', '.join(models.OFFLINE_MODELS)}"
             ) from err

@@ -7,12 +7,12 @@ import logging
 
 import numpy as np
 import pytest
-from conftest import biomedical_sentences
 from llama_index.core.callbacks import CallbackManager, CBEventType, LlamaDebugHandler
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+from reference_recipe import biomedical_sentences
 
 from bmrag import prompts
 from bmrag.encoder import BMRetrieverEncoder

@@ -8,11 +8,11 @@ import chromadb
 import numpy as np
 import pytest
 from chromadb.config import Settings
-from conftest import biomedical_sentences
 from llama_index.core import VectorStoreIndex
 from llama_index.core.schema import MetadataMode, TextNode
 from llama_index.core.vector_stores.types import VectorStoreQuery
 from llama_index.vector_stores.chroma import ChromaVectorStore
+from reference_recipe import biomedical_sentences
 
 from bmrag import prompts
 from bmrag.demo import read_documents
