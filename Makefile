@@ -38,6 +38,10 @@ test-all: setup
 lint: setup
 	$(BIN)/ruff check .
 
+# Regenerate evals/results/README.md + leaderboard.png from the committed JSON files.
+eval: setup
+	$(BIN)/bmrag eval leaderboard --results evals/results
+
 bench: setup
 	$(BIN)/python evals/bench_encode.py
 

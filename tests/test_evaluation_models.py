@@ -45,7 +45,9 @@ def test_cache_same_inputs_load_without_encoding(tiny, tmp_path, monkeypatch):
     cache = EmbeddingCache(tmp_path, shard_size=3)
     first, status, key = cache.encode_corpus(tiny, CORPUS, "corpus-a")
     assert status == "miss" and first.shape == (len(CORPUS), tiny.dim)
-    np.testing.assert_allclose(first, tiny.encode_documents(list(CORPUS.values())), rtol=1e-5, atol=1e-5)
+    direct = tiny.encode_documents(list(CORPUS.values()))
+    # Shards batch differently from one call; allow float noise relative to the vectors' scale.
+    np.testing.assert_allclose(first, direct, rtol=1e-4, atol=1e-4 * float(np.abs(direct).max()))
     with monkeypatch.context() as patch:
         _forbid_encoding(tiny, patch)
         again, status, key2 = cache.encode_corpus(tiny, CORPUS, "corpus-a")
@@ -84,7 +86,7 @@ def test_interrupted_encoding_resumes_from_shards(tiny, tmp_path):
     (cache.folder(key) / "shard_000001.npy").unlink()
     resumed, status, _ = cache.encode_corpus(tiny, CORPUS, "corpus-a")
     assert status == "partial"
-    np.testing.assert_allclose(resumed, full, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(resumed, full, rtol=1e-4, atol=1e-4 * float(np.abs(full).max()))
 
 
 def test_pipeline_cache_follows_the_dataset_file(tiny, tmp_path):
