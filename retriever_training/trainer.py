@@ -224,8 +224,7 @@ def train(model_args, data_args, training_args) -> dict[str, Any]:
                 "passage_max_length": data_args.passage_max_length, "temperature": training_args.temperature,
                 "batch_size": training_args.per_device_train_batch_size, "learning_rate": training_args.learning_rate,
                 "init_adapter": model_args.init_adapter, "normalize": model_args.normalize,
-                "lora": {"r": model_args.lora_r, "alpha": model_args.lora_alpha, "targets": model_args.lora_targets}
-                if model_args.lora else None}
+                "lora": _lora_record(encoder.model)}
     trainer = RetrieverTrainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator,
                                dedupe_batches=data_args.dedupe_batches, adapter_dtype=model_args.adapter_dtype,
                                run_info=run_info)
@@ -241,3 +240,11 @@ def train(model_args, data_args, training_args) -> dict[str, Any]:
         (out / "run.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
     logger.info("training done: %s", summary)
     return summary
+
+
+def _lora_record(model: nn.Module) -> dict[str, Any] | None:
+    """Rank, alpha and modules of the adapter actually trained (a continued adapter keeps its own)."""
+    config = getattr(model, "peft_config", {}).get("default")
+    if config is None:
+        return None
+    return {"r": config.r, "alpha": config.lora_alpha, "target_modules": sorted(config.target_modules)}

@@ -263,7 +263,7 @@ def test_cli_smoke_finetune_then_resume_then_load(tiny_llama_dir, tmp_path, caps
     assert main(["finetune", "--config", str(config)]) == 0
     assert (out / "checkpoint-2").is_dir() and (out / "adapter_model.safetensors").is_file()
     run = json.loads((out / "run.json").read_text())
-    assert run["global_step"] == 3 and run["groups_used"] == 20
+    assert run["global_step"] == 3 and run["groups_used"] == 20 and run["lora"]["r"] == 4
     assert main(["finetune", "--config", str(config)]) == 2
     assert "pass --resume true" in capsys.readouterr().err
     assert main(["finetune", "--config", str(config), "--resume", "true", "--max_steps", "4"]) == 0
