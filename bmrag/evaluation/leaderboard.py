@@ -44,12 +44,31 @@ def load_results(results_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return results
 
 
+MODEL_NOTES = {
+    "bmrag-mini/stage1": "bmrag-mini after Stage I only (pseudo pairs from BioASQ/PubMedQA abstracts and MedQuAD "
+                         "answers; no SciFact text): every set is zero-shot.",
+    "bmrag-mini/stage2": "bmrag-mini Stage I+II, the shipped `bmrag-mini` adapter. Stage II includes SciFact train "
+                         "claims, so SciFact is **in-domain**; PubMedQA-retrieval and BioASQ-snippets are in-domain "
+                         "too (their train splits); BIOSSES is zero-shot.",
+    "bmrag-mini/stage2-noscifact": "bmrag-mini Stage I+II without SciFact train: SciFact and BIOSSES are zero-shot.",
+}
+"""What each trained model saw in training (which benchmarks are in-domain), keyed by run label stem."""
+
+
+def _model_name(model: dict[str, Any]) -> str:
+    """A local checkpoint path shows as its last two parts (``bmrag-mini/stage2``), a Hub id or alias as is."""
+    name = str(model["model"])
+    if os.path.isabs(name) or name.startswith((".", "artifacts/")):
+        return "/".join(Path(name).parts[-2:])
+    return name
+
+
 def run_label(result: dict[str, Any]) -> str:
     """Row label: ``"BM25 (k1=0.9, b=0.4)"`` or ``"<model> (<dtype>)"``."""
     model = result["model"]
     if model.get("kind") == "bm25":
         return f"BM25 (k1={model['k1']}, b={model['b']})"
-    return f"{model['model']} ({model.get('dtype')})"
+    return f"{_model_name(model)} ({model.get('dtype')})"
 
 
 def _headline(result: dict[str, Any]) -> float | None:
@@ -126,6 +145,10 @@ def render_readme(results: Sequence[dict[str, Any]], plot_name: str = PLOT) -> s
         for label in labels:
             cells = [_fmt(_headline(latest[(label, n)])) if (label, n) in latest else "–" for n in names]
             out.append(f"| {label} | " + " | ".join(cells) + " |")
+        notes = [f"- `{stem}`: {note}" for stem, note in MODEL_NOTES.items()
+                 if any(label.startswith(f"{stem} (") for label in labels)]
+        if notes:
+            out += ["", "Training data of the models trained here (in-domain vs zero-shot):", "", *notes]
     else:
         out.append("No results yet.")
     out += ["", "## Honesty gates (published numbers this harness must reproduce)", "", *_gates(results), ""]
@@ -139,7 +162,7 @@ def render_readme(results: Sequence[dict[str, Any]], plot_name: str = PLOT) -> s
         if result.get("environment", {}).get("git_dirty"):
             commit += "+dirty"
         out.append(
-            f"| `{result['_file']}` | {result['dataset']['name']} | {result['model']['model']} | "
+            f"| `{result['_file']}` | {result['dataset']['name']} | {_model_name(result['model'])} | "
             f"{result['model'].get('dtype') or '–'} | {result.get('search', {}).get('method', '–')} | "
             + " | ".join(_fmt(m.get(k), 4) for k in ("ndcg@10", "recall@100", "map@10", "mrr@10", "spearman",
                                                       "pearson"))
