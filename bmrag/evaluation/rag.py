@@ -1,0 +1,628 @@
+"""``bmrag eval rag``: the real QA chain over PubMedQA and BioASQ questions, scored with RAGAS and QA metrics.
+
+Per question the chain (:class:`bmrag.chain.QAChain`) retrieves from a Chroma index of the dataset's corpus
+(built once per corpus, retriever and corpus hash, then reused), applies its weak-evidence threshold, and
+(unless ``generate=False``) answers with the chosen generator. Scores:
+
+* **ID-based context precision / recall** (RAGAS ``IDBasedContextPrecision`` / ``IDBasedContextRecall``) on
+  document ids (PMIDs for both sets): precision = |retrieved ∩ relevant| / |retrieved|, recall =
+  |retrieved ∩ relevant| / |relevant|, over *distinct* document ids. Two variants: ``given`` = the passages
+  the generator receives (top-k after the weak-evidence threshold; what RAGAS means by retrieved contexts)
+  and ``top_k`` = the top-k before the threshold (pure retrieval quality). Precision is undefined (NaN,
+  left out of the mean and counted) when nothing was given.
+* **Answer metrics without an LLM** (RAGAS ``RougeScore`` ROUGE-L F1 with stemming, ``NonLLMStringSimilarity``
+  = 1 - normalised Levenshtein distance) against the reference answer: PubMedQA's ``LONG_ANSWER`` (the
+  abstract's conclusion), BioASQ's first ``ideal_answer``. Computed for every question with an answer text
+  (refusals included, as the user sees them).
+* **Decision accuracy**: :func:`parse_decision` reads yes/no/maybe from the answer; PubMedQA test (yes/no/maybe,
+  ``final_decision``) and BioASQ yes/no questions (``exact_answer``). Unparseable answers count as wrong and
+  are counted; the majority-class baseline of the evaluated questions is reported next to it.
+* **Faithfulness / answer relevancy** (RAGAS ``Faithfulness``, ``AnswerRelevancy``): LLM-judged, run *only* with
+  a judge endpoint (an OpenAI-compatible server such as vLLM, through ``ragas.llms.llm_factory`` with an
+  explicit ``AsyncOpenAI(base_url=...)`` client). Without one the result says ``"not run: no judge
+  configured"``. RAGAS never reaches OpenAI silently: :func:`openai_guard` makes any OpenAI client aimed at
+  api.openai.com (or, without a judge, any OpenAI client at all) raise, and points the default key and URL
+  at values that cannot reach OpenAI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import logging
+import math
+import os
+import re
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from bmrag.evaluation import datasets as ds
+
+logger = logging.getLogger(__name__)
+
+RAG_SCHEMA = "bmrag.rag/1"
+"""Schema of ``bmrag eval rag`` results (not ``bmrag.eval.*``: the retrieval leaderboard skips them)."""
+
+NO_JUDGE = "not run: no judge configured"
+"""What the result says for LLM-judged metrics without ``--judge-api-base``."""
+
+Decision = Literal["yes", "no", "maybe"]
+DECISIONS: tuple[str, ...] = ("yes", "no", "maybe")
+GeneratorName = Literal["local", "vllm"]
+
+
+# ------------------------------------------------------------------------------------------------ datasets
+@dataclass(frozen=True)
+class RagDatasetSpec:
+    """Where a RAG evaluation set's questions, corpus and reference answers live.
+
+    Attributes:
+        name: Key of :data:`RAG_DATASETS`.
+        retrieval: Registry key (:data:`bmrag.evaluation.datasets.DATASETS`) of the corpus + questions + qrels.
+        split: Qrels split whose questions are asked.
+        answers: Folder under the data root holding the reference answers.
+        note: What the set is.
+    """
+
+    name: str
+    retrieval: str
+    split: str
+    answers: str
+    note: str
+
+
+RAG_DATASETS: dict[str, RagDatasetSpec] = {
+    "pubmedqa": RagDatasetSpec(
+        "pubmedqa", "pubmedqa-retrieval", "test", "pubmedqa",
+        "PubMedQA PQA-L test (500 questions) against the 1,000 PQA-L contexts; reference answer = LONG_ANSWER, "
+        "decision = final_decision (yes/no/maybe)."),
+    "bioasq": RagDatasetSpec(
+        "bioasq", "bioasq-snippets", "test", "bioasq-qa",
+        "BioASQ Task 8B (500 questions) against the bioasq-snippets pool (13,449 PMIDs); reference answer = the "
+        "first ideal_answer, decision = exact_answer for yes/no questions."),
+}
+"""The two RAG evaluation sets (``bmrag eval rag --dataset``)."""
+
+
+@dataclass
+class RagQuestion:
+    """One question with what it is scored against."""
+
+    id: str
+    question: str
+    relevant_ids: list[str]
+    reference_answer: str | None
+    decision: str | None
+    qtype: str | None = None
+
+
+def _pubmedqa_answers(folder: Path) -> dict[str, dict[str, Any]]:
+    path = folder / "ori_pqal.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"pubmedqa: {path} not found (reference answers)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _bioasq_answers(folder: Path) -> dict[str, dict[str, Any]]:
+    path = folder / "taskb_golden_7b-11b.jsonl.gz"
+    if not path.is_file():
+        raise FileNotFoundError(f"bioasq: {path} not found (reference answers)")
+    out = {}
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        for line in handle:
+            record = json.loads(line)
+            out[str(record["id"])] = record
+    return out
+
+
+def load_rag_questions(dataset: str, data: str | os.PathLike[str] | None = None
+                       ) -> tuple[list[RagQuestion], ds.RetrievalDataset]:
+    """Questions (sorted by id), with relevant doc ids, reference answers and decisions, and the corpus.
+
+    Args:
+        dataset: ``"pubmedqa"`` or ``"bioasq"``.
+        data: The data root (holding ``pubmedqa-retrieval/``, ``pubmedqa/``, ``bioasq-snippets/``,
+            ``bioasq-qa/``); default ``$BMRAG_DATA``.
+    """
+    if dataset not in RAG_DATASETS:
+        raise KeyError(f"unknown RAG dataset {dataset!r}; known: {', '.join(RAG_DATASETS)}")
+    spec = RAG_DATASETS[dataset]
+    retrieval = ds.load_retrieval_dataset(spec.retrieval, data, split=spec.split)
+    root = retrieval.path.parent
+    questions = []
+    if dataset == "pubmedqa":
+        answers = _pubmedqa_answers(root / spec.answers)
+        for qid in sorted(retrieval.queries):
+            pmid = qid.removeprefix("q")
+            record = answers.get(pmid)
+            if record is None:
+                raise ValueError(f"pubmedqa: question {qid} has no entry {pmid} in ori_pqal.json")
+            questions.append(RagQuestion(qid, retrieval.queries[qid], sorted(retrieval.qrels[qid]),
+                                         record.get("LONG_ANSWER"), record.get("final_decision"), "yes/no/maybe"))
+    else:
+        answers = _bioasq_answers(root / spec.answers)
+        for qid in sorted(retrieval.queries):
+            record = answers.get(qid)
+            if record is None:
+                raise ValueError(f"bioasq: question {qid} is not in taskb_golden_7b-11b.jsonl.gz")
+            ideal = record.get("ideal_answer") or []
+            reference = " ".join((ideal[0] if isinstance(ideal, list) else str(ideal)).split()) or None
+            decision = record.get("exact_answer") if record.get("type") == "yesno" else None
+            decision = decision.strip().lower() if isinstance(decision, str) else None
+            relevant = sorted(doc for doc, grade in retrieval.qrels[qid].items() if grade > 0)
+            questions.append(RagQuestion(qid, retrieval.queries[qid], relevant, reference, decision,
+                                         record.get("type")))
+    return questions, retrieval
+
+
+# ------------------------------------------------------------------------------------------------ decisions
+_LEADING = re.compile(r"^[\s\"'*_#>\-\[\]().:]*(?:(?:final\s+)?(?:answer|decision)\s*[:\-]\s*)?", re.IGNORECASE)
+_WORD = re.compile(r"[a-z]+")
+_FIRST_SENTENCE = re.compile(r"[^.!?\n]*")
+
+
+def parse_decision(answer: str | None) -> Decision | None:
+    """Read a yes/no/maybe decision from a generated answer.
+
+    Rules, in order (case-insensitive):
+
+    1. Strip leading spaces, quotes, markdown, brackets and an ``Answer:`` / ``Decision:`` prefix; if the first
+       word is ``yes``, ``no`` or ``maybe``, that is the decision (``"Yes, statins ..."`` -> yes,
+       ``"No."`` -> no). ``"No evidence ..."`` therefore reads as no: small models start negative answers so.
+    2. Otherwise, if exactly one of the three words occurs as a word in the first sentence, that one
+       (``"The answer is yes [1]."`` -> yes). None or several -> unparseable.
+
+    The chain's refusal ("I cannot answer this question from the given sources.") is unparseable.
+
+    Returns:
+        ``"yes"``, ``"no"``, ``"maybe"``, or None when no decision can be read.
+    """
+    if not answer or not answer.strip():
+        return None
+    text = _LEADING.sub("", answer.strip().lower(), count=1)
+    first = _WORD.match(text)
+    if first and first.group(0) in DECISIONS:
+        return first.group(0)  # type: ignore[return-value]
+    sentence = _FIRST_SENTENCE.match(text)
+    found = {w for w in _WORD.findall(sentence.group(0) if sentence else "") if w in DECISIONS}
+    return found.pop() if len(found) == 1 else None  # type: ignore[return-value]
+
+
+def decision_scores(gold: Sequence[str], predicted: Sequence[str | None]) -> dict[str, Any]:
+    """Accuracy (unparseable = wrong), accuracy over parseable answers, counts, and the majority baseline."""
+    if len(gold) != len(predicted):
+        raise ValueError(f"{len(gold)} gold labels for {len(predicted)} predictions")
+    n = len(gold)
+    if n == 0:
+        return {"n": 0}
+    correct = sum(1 for g, p in zip(gold, predicted) if p == g)
+    parsed = [(g, p) for g, p in zip(gold, predicted) if p is not None]
+    counts = Counter(gold)
+    majority, majority_n = max(sorted(counts.items()), key=lambda kv: kv[1])
+    return {
+        "n": n, "accuracy": correct / n,
+        "accuracy_parseable": (sum(1 for g, p in parsed if g == p) / len(parsed)) if parsed else None,
+        "unparseable": n - len(parsed), "predicted": dict(Counter(p or "unparseable" for p in predicted)),
+        "gold": dict(sorted(counts.items())), "majority_class": majority, "majority_baseline": majority_n / n,
+    }
+
+
+# ------------------------------------------------------------------------------------------------ RAGAS
+@contextlib.contextmanager
+def openai_guard(allowed: Sequence[str] = ()) -> Iterator[list[str]]:
+    """Make sure nothing inside reaches OpenAI: yields the base URLs of the OpenAI clients created inside.
+
+    * An ``openai.OpenAI`` / ``openai.AsyncOpenAI`` created inside raises ``RuntimeError`` unless its base URL
+      starts with one of ``allowed`` (the judge's and the vLLM generator's endpoints); api.openai.com always
+      raises. Without a judge and with the local generator nothing needs a client, so any client raises.
+    * ``OPENAI_API_KEY`` and ``OPENAI_BASE_URL`` are set to a bogus key and a closed local URL while inside
+      (restored afterwards), so even a client created another way cannot authenticate with OpenAI.
+    """
+    import openai
+
+    created: list[str] = []
+    prefixes = [str(a).rstrip("/") for a in allowed if a]
+    originals = {cls: cls.__init__ for cls in (openai.OpenAI, openai.AsyncOpenAI)}
+    saved = {key: os.environ.get(key) for key in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
+
+    def guarded(original):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            original(self, *args, **kwargs)
+            url = str(self.base_url).rstrip("/")
+            created.append(url)
+            if "api.openai.com" in url or not any(url.startswith(a) for a in prefixes):
+                raise RuntimeError(f"bmrag eval rag: an OpenAI client for {url} was created, but only "
+                                   f"{list(prefixes) or 'none (no judge configured)'} may be used; RAGAS must not "
+                                   "reach OpenAI (pass --judge-api-base for the LLM-judged metrics)")
+        return __init__
+
+    os.environ["OPENAI_API_KEY"] = "bmrag-no-openai-key"
+    os.environ["OPENAI_BASE_URL"] = "http://127.0.0.1:9/bmrag-no-openai"
+    for cls, original in originals.items():
+        cls.__init__ = guarded(original)  # type: ignore[method-assign]
+    try:
+        yield created
+    finally:
+        for cls, original in originals.items():
+            cls.__init__ = original  # type: ignore[method-assign]
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def id_context_scores(retrieved: Sequence[str], relevant: Sequence[str]) -> tuple[float, float]:
+    """RAGAS ``IDBasedContextPrecision`` and ``IDBasedContextRecall`` for one question (NaN when undefined)."""
+    from ragas.dataset_schema import SingleTurnSample
+    from ragas.metrics import IDBasedContextPrecision, IDBasedContextRecall
+
+    if not relevant:
+        raise ValueError("a question without relevant ids cannot be scored")
+    if not retrieved:
+        return float("nan"), 0.0  # RAGAS asserts on an empty list; precision is undefined, recall is 0
+    sample = SingleTurnSample(retrieved_context_ids=list(retrieved), reference_context_ids=list(relevant))
+    return (float(IDBasedContextPrecision().single_turn_score(sample)),
+            float(IDBasedContextRecall().single_turn_score(sample)))
+
+
+class _EncoderEmbeddings:
+    """A RAGAS embedding backed by a bmrag encoder (for AnswerRelevancy), so no embedding service is called."""
+
+    @staticmethod
+    def build(model: str) -> Any:
+        from ragas.embeddings.base import BaseRagasEmbedding
+
+        from bmrag.encoder import BMRetrieverEncoder
+
+        encoder = BMRetrieverEncoder.from_pretrained(model)
+
+        class EncoderEmbeddings(BaseRagasEmbedding):
+            def embed_text(self, text: str, **kwargs: Any) -> list[float]:
+                return encoder.encode_documents([text])[0].tolist()
+
+            async def aembed_text(self, text: str, **kwargs: Any) -> list[float]:
+                return self.embed_text(text)
+
+            def embed_texts(self, texts: list[str], **kwargs: Any) -> list[list[float]]:
+                return encoder.encode_documents(list(texts)).tolist()
+
+        return EncoderEmbeddings()
+
+
+@dataclass
+class Judge:
+    """An OpenAI-compatible judge endpoint (vLLM) for the LLM-judged RAGAS metrics."""
+
+    api_base: str
+    model: str | None = None
+    embedding_model: str = "all-MiniLM-L6-v2"
+    timeout: float = 120.0
+
+    def build(self) -> tuple[Any, Any, str]:
+        """``(faithfulness metric, answer-relevancy metric, served model name)``."""
+        from openai import AsyncOpenAI, OpenAI
+        from ragas.llms import llm_factory
+        from ragas.metrics.collections import AnswerRelevancy, Faithfulness
+
+        model = self.model
+        if model is None:
+            # The one model the server serves (like `bmrag ask --backend vllm`); no guessing among several.
+            served = [m.id for m in OpenAI(base_url=self.api_base, api_key="EMPTY", timeout=10,
+                                           max_retries=0).models.list().data]
+            if len(served) != 1:
+                raise ValueError(f"the judge at {self.api_base} serves {served}; name one with --judge-model")
+            model = served[0]
+        client = AsyncOpenAI(base_url=self.api_base, api_key="EMPTY", timeout=self.timeout, max_retries=1)
+        llm = llm_factory(model, provider="openai", client=client, temperature=0.0, max_tokens=1024)
+        embeddings = _EncoderEmbeddings.build(self.embedding_model)
+        return Faithfulness(llm=llm), AnswerRelevancy(llm=llm, embeddings=embeddings), model
+
+
+# ------------------------------------------------------------------------------------------------ the run
+@dataclass
+class RagRecord:
+    """What happened for one question (one row of ``per_question``)."""
+
+    id: str
+    question: str
+    status: str
+    answer: str | None
+    relevant_ids: list[str]
+    given_ids: list[str]
+    top_k_ids: list[str]
+    reference_answer: str | None
+    decision_gold: str | None
+    decision_predicted: str | None
+    metrics: dict[str, float | None] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _unique(ids: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(ids))
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in str(text)).strip("-") or "x"
+
+
+def default_index_dir(dataset: str, retriever: str, content_hash: str) -> Path:
+    """``~/.cache/bmrag/rag-eval/<dataset>__<retriever>__<corpus hash[:12]>`` (``$XDG_CACHE_HOME`` honoured)."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "bmrag" / "rag-eval" / f"{dataset}__{_slug(Path(retriever).name)}__{content_hash[:12]}"
+
+
+def _mean(values: Sequence[float | None]) -> tuple[float | None, int]:
+    kept = [v for v in values if v is not None and not math.isnan(v)]
+    return (sum(kept) / len(kept) if kept else None), len(values) - len(kept)
+
+
+def evaluate_rag(dataset: str, *, data: str | os.PathLike[str] | None = None, retriever: str = "all-MiniLM-L6-v2",
+                 generator: GeneratorName | None = "local", llm_model: str | None = None, api_base: str | None = None,
+                 k: int = 3, hybrid: bool = False, limit: int | None = None, threads: int | None = None,
+                 max_new_tokens: int | None = None, index_dir: str | os.PathLike[str] | None = None,
+                 judge: Judge | None = None, show_progress: bool = True,
+                 command: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the QA chain over a RAG evaluation set and score it (see the module docstring).
+
+    Args:
+        dataset: ``"pubmedqa"`` or ``"bioasq"`` (:data:`RAG_DATASETS`).
+        data: Data root (default ``$BMRAG_DATA``).
+        retriever: Retriever model (alias, directory or Hub id) the corpus index is built with.
+        generator: ``"local"`` (embedded SmolLM2 by default), ``"vllm"``, or None for retrieval only
+            (``--no-generate``: context precision/recall only).
+        llm_model: Generator model (see :meth:`bmrag.chain.QAChain.from_index`).
+        api_base: vLLM URL for ``generator="vllm"``.
+        k: Passages given to the generator.
+        hybrid: BM25 + dense retrieval (RRF) instead of dense only.
+        limit: Ask only the first ``limit`` questions in id order (deterministic).
+        threads: torch CPU threads for indexing, retrieval and local generation.
+        max_new_tokens: Answer budget.
+        index_dir: Chroma index folder (default :func:`default_index_dir`); built if missing, reused otherwise.
+        judge: Judge endpoint for faithfulness and answer relevancy; None: those metrics are not run.
+        show_progress: tqdm progress bars.
+        command: The command line, recorded in the result.
+
+    Returns:
+        The result dictionary (schema :data:`RAG_SCHEMA`).
+    """
+    # Before ragas is imported anywhere: its usage tracking is a network call.
+    os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
+    from tqdm.auto import tqdm
+
+    from bmrag import chain as qa
+    from bmrag.demo import build_index, load_embedding
+    from bmrag.evaluation.run import environment
+
+    if generator not in (None, "local", "vllm"):
+        raise ValueError(f"generator must be 'local', 'vllm' or None (no generation), got {generator!r}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    if threads is not None:
+        import torch
+
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    started = time.perf_counter()
+    timing: dict[str, float] = {}
+
+    t = time.perf_counter()
+    questions, retrieval = load_rag_questions(dataset, data)
+    n_total = len(questions)
+    if limit is not None:
+        questions = questions[:limit]
+    timing["load_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    index_dir = Path(index_dir).expanduser() if index_dir else default_index_dir(dataset, retriever,
+                                                                                  retrieval.content_hash)
+    embed_model = load_embedding(retriever)
+    store, report = build_index(retrieval.corpus, index_dir, embed_model, show_progress=show_progress)
+    passages = store.count()
+    store.close()
+    timing["index_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    chain = qa.QAChain.from_index(index_dir, k=k, backend=generator, llm_model=llm_model, api_base=api_base,
+                                  max_new_tokens=max_new_tokens, threads=threads if generator == "local" else None,
+                                  hybrid=hybrid)
+    timing["chain_load_s"] = time.perf_counter() - t
+    if generator is not None and chain.generator is None:
+        chain.close()
+        raise RuntimeError(f"the {generator} generator is unavailable: {chain.generator_error}")
+
+    judge_metrics = None
+    judge_model = None
+    records: list[RagRecord] = []
+    endpoints = [judge.api_base] if judge else []
+    if chain.generator is not None and generator == "vllm":
+        endpoints.append(str(chain.generator.describe()["endpoint"]))
+    with openai_guard(endpoints) as openai_clients:
+        if judge is not None:
+            faithfulness, relevancy, judge_model = judge.build()
+            judge_metrics = (faithfulness, relevancy)
+        from ragas.metrics.collections import NonLLMStringSimilarity, RougeScore
+
+        rouge, similarity = RougeScore(rouge_type="rougeL", mode="fmeasure"), NonLLMStringSimilarity()
+        t = time.perf_counter()
+        try:
+            for item in tqdm(questions, desc=f"rag {dataset}", disable=not show_progress):
+                result = chain.ask(item.question)
+                given = _unique([e.doc_id for e in result.evidence])
+                top_k = _unique([e.doc_id for e in result.evidence + result.held_back])
+                record = RagRecord(
+                    id=item.id, question=item.question, status=result.status, answer=result.answer,
+                    relevant_ids=item.relevant_ids, given_ids=given, top_k_ids=top_k,
+                    reference_answer=item.reference_answer, decision_gold=item.decision,
+                    decision_predicted=parse_decision(result.answer) if generator is not None else None,
+                    timings={key: round(value, 4) for key, value in result.timings.items()},
+                    notes=[n for n in result.notes if not n.startswith("generation skipped")])
+                p, r = id_context_scores(given, item.relevant_ids)
+                pk, rk = id_context_scores(top_k, item.relevant_ids)
+                record.metrics.update({"context_precision_given": p, "context_recall_given": r,
+                                       "context_precision_top_k": pk, "context_recall_top_k": rk})
+                if generator is not None and result.answer is not None and item.reference_answer:
+                    record.metrics["rouge_l"] = float(rouge.score(reference=item.reference_answer,
+                                                                  response=result.answer).value)
+                    record.metrics["string_similarity"] = float(similarity.score(
+                        reference=item.reference_answer, response=result.answer).value)
+                if judge_metrics is not None and result.status == "answered" and result.answer and result.evidence:
+                    contexts = [e.text for e in result.evidence]
+                    for metric, kwargs in ((judge_metrics[0], {"retrieved_contexts": contexts}),
+                                           (judge_metrics[1], {})):
+                        try:
+                            value = metric.score(user_input=item.question, response=result.answer, **kwargs).value
+                            record.metrics[metric.name] = float(value)
+                        except Exception as err:  # a judge failure is recorded per question, never hidden
+                            record.metrics[metric.name] = None
+                            record.notes.append(f"{metric.name} failed: {type(err).__name__}: {err}")
+                records.append(record)
+        finally:
+            chain.close()
+        timing["questions_s"] = time.perf_counter() - t
+
+    metrics: dict[str, Any] = {}
+    for name in ("context_precision_given", "context_recall_given", "context_precision_top_k",
+                 "context_recall_top_k", "rouge_l", "string_similarity"):
+        values = [r.metrics.get(name) for r in records if name in r.metrics]
+        if values:
+            mean, undefined = _mean(values)
+            metrics[name] = mean
+            if undefined:
+                metrics[f"{name}_undefined"] = undefined
+    for name in ("faithfulness", "answer_relevancy"):
+        if judge is None:
+            metrics[name] = NO_JUDGE
+        else:
+            values = [r.metrics.get(name) for r in records if name in r.metrics]
+            mean, failed = _mean(values)
+            metrics[name] = mean
+            metrics[f"{name}_scored"] = len(values) - failed
+    decided = [r for r in records if r.decision_gold in DECISIONS]
+    if generator is not None and decided:
+        metrics["decision"] = decision_scores([r.decision_gold for r in decided],
+                                              [r.decision_predicted for r in decided])
+    status = Counter(r.status for r in records)
+    gen_timings = [r.timings.get("generation", 0.0) for r in records if r.timings.get("generation")]
+    timing.update({"total_s": time.perf_counter() - started,
+                   "per_question_mean_s": timing["questions_s"] / max(len(records), 1),
+                   "generation_mean_s": (sum(gen_timings) / len(gen_timings)) if gen_timings else None})
+    spec = RAG_DATASETS[dataset]
+    return {
+        "schema": RAG_SCHEMA,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "dataset": {"name": dataset, "note": spec.note, "questions_total": n_total,
+                    "questions_evaluated": len(records),
+                    "limit": limit, "selection": "first N question ids in sorted order" if limit else "all",
+                    "retrieval_set": retrieval.describe()},
+        "index": {"dir": str(index_dir), "passages": passages, "added_now": report.added,
+                  "retriever": embed_model.model_name},
+        "chain": {"k": k, "retrieval_mode": "hybrid (BM25 + dense, RRF k=60)" if hybrid else "dense",
+                  "min_score": chain.min_score, "threshold_note": chain.threshold_note(hybrid),
+                  "generator": chain.generator.describe() if chain.generator else None},
+        "judge": ({"api_base": judge.api_base, "model": judge_model, "embedding_model": judge.embedding_model}
+                  if judge else NO_JUDGE),
+        "openai_clients_created": openai_clients,
+        "metrics": metrics,
+        "status_counts": dict(status),
+        "timing": {key: (round(v, 3) if isinstance(v, float) else v) for key, v in timing.items()},
+        "environment": {**environment(), "ragas": _version("ragas")},
+        "command": list(command) if command else None,
+        "per_question": [asdict(r) for r in records],
+    }
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+# ------------------------------------------------------------------------------------------------ output
+def result_stem(result: dict[str, Any]) -> str:
+    """``rag__<dataset>__<retriever>__<generator>[__hybrid]`` (generator ``none`` without generation)."""
+    generator = result["chain"]["generator"]
+    gen = "none" if generator is None else f"{generator['backend']}-{Path(str(generator['model'])).name}"
+    tail = "__hybrid" if result["chain"]["retrieval_mode"] != "dense" else ""
+    return (f"rag__{result['dataset']['name']}__{_slug(Path(result['index']['retriever']).name)}__"
+            f"{_slug(gen)}{tail}")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "-" if value is None else str(value)
+
+
+def to_markdown(result: dict[str, Any], examples: int = 3) -> str:
+    """A short human report: setup, metrics, decision accuracy, timings, a few answers, the command."""
+    m = result["metrics"]
+    d = result["dataset"]
+    gen = result["chain"]["generator"]
+    lines = [f"# RAG evaluation: {d['name']} ({d['questions_evaluated']} of {d['questions_total']} questions)", "",
+             d["note"], "",
+             f"- retriever: `{result['index']['retriever']}`, {result['chain']['retrieval_mode']} retrieval, "
+             f"k={result['chain']['k']}, index {result['index']['passages']} passages",
+             f"- evidence threshold: {result['chain']['threshold_note']}",
+             "- generator: " + ("none (retrieval only)" if gen is None else f"{gen['backend']} / {gen['model']}"),
+             f"- judge: {result['judge'] if isinstance(result['judge'], str) else result['judge']['model']}",
+             f"- selection: {d['selection']}", "", "| metric | value |", "|---|---|"]
+    for key, value in m.items():
+        if key != "decision":
+            lines.append(f"| {key} | {_fmt(value)} |")
+    if "decision" in m:
+        dec = m["decision"]
+        lines += ["", f"Decision accuracy over {dec['n']} questions with a gold yes/no(/maybe) label: "
+                      f"**{_fmt(dec['accuracy'])}** (unparseable answers count as wrong: {dec['unparseable']}); "
+                      f"over parseable answers {_fmt(dec['accuracy_parseable'])}; majority-class baseline "
+                      f"('{dec['majority_class']}') {_fmt(dec['majority_baseline'])}. Gold {dec['gold']}, "
+                      f"predicted {dec['predicted']}."]
+    t = result["timing"]
+    lines += ["", f"Status counts: {result['status_counts']}. Wall time {t['total_s']:.0f} s "
+                  f"(index {t['index_s']:.0f} s, questions {t['questions_s']:.0f} s, "
+                  f"{t['per_question_mean_s']:.2f} s per question"
+                  + (f", generation mean {t['generation_mean_s']:.2f} s" if t.get("generation_mean_s") else "") + ")."]
+    if gen is not None:
+        lines += ["", "Examples (first questions):", ""]
+        for row in result["per_question"][:examples]:
+            lines.append(f"- **{row['question']}** -> {row['answer']!r} (gold decision {row['decision_gold']}, "
+                         f"parsed {row['decision_predicted']}; given {row['given_ids']}, relevant "
+                         f"{row['relevant_ids'][:5]})")
+    if result.get("command"):
+        lines += ["", "Reproduce:", "", "```", " ".join(result["command"]), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def write_rag_result(result: dict[str, Any], out: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """Write ``<stem>.json`` and ``<stem>.md`` into folder ``out`` (or next to the ``.json`` path given)."""
+    from bmrag.evaluation.run import write_result
+
+    out = Path(out)
+    target = out if out.suffix == ".json" else out / f"{result_stem(result)}.json"
+    path = write_result(result, target)
+    md = path.with_suffix(".md")
+    md.write_text(to_markdown(result), encoding="utf-8")
+    return path, md
+
+
+def summary_line(result: dict[str, Any]) -> str:
+    """One line: dataset, questions, main metrics."""
+    m = result["metrics"]
+    parts = [f"{k} {_fmt(m[k])}" for k in ("context_recall_given", "context_precision_given", "context_recall_top_k",
+                                           "rouge_l", "string_similarity") if k in m]
+    if "decision" in m:
+        parts.append(f"decision accuracy {_fmt(m['decision']['accuracy'])} (majority "
+                     f"{_fmt(m['decision']['majority_baseline'])}, unparseable {m['decision']['unparseable']})")
+    parts.append(f"faithfulness {_fmt(m['faithfulness'])}")
+    return (f"rag {result['dataset']['name']} | {result['dataset']['questions_evaluated']} questions | "
+            + ", ".join(parts) + f" | {result['timing']['total_s']:.1f} s")
