@@ -2,7 +2,8 @@
 
 ``QAChain.from_index(dir).ask(question)`` embeds the question with the model recorded in the index
 manifest, takes the dense top-k from Chroma through LlamaIndex (metadata filters applied inside the
-vector-store query), optionally re-scores with a :class:`~bmrag.llama_index.reranker.BMRetrieverReranker`,
+vector-store query) or, with ``hybrid=True``, the reciprocal-rank fusion of BM25 and dense hits (same filters,
+see :mod:`bmrag.hybrid`), optionally re-scores with a :class:`~bmrag.llama_index.reranker.BMRetrieverReranker`,
 and then:
 
 1. **Weak evidence**: passages scoring below ``min_score`` are not given to the generator; when none is
@@ -120,6 +121,9 @@ class Evidence:
         url: Link to the source (PubMed for PMIDs, or ``metadata["url"]``), when known.
         pmid: PubMed id when known.
         year: Publication year when the index has it.
+        rrf_score: Hybrid retrieval only: the passage's reciprocal-rank-fusion score (orders, never thresholds).
+        dense_rank: Hybrid retrieval only: 1-based rank on the dense side (None: dense missed it).
+        bm25_rank: Hybrid retrieval only: 1-based rank on the BM25 side (None: BM25 missed it).
     """
 
     number: int
@@ -132,6 +136,9 @@ class Evidence:
     url: str | None = None
     pmid: str | None = None
     year: int | None = None
+    rrf_score: float | None = None
+    dense_rank: int | None = None
+    bm25_rank: int | None = None
 
     def label(self) -> str:
         """``PMID 123`` when known, else the document id."""
@@ -140,6 +147,7 @@ class Evidence:
 
 def evidence_from_nodes(nodes: Sequence[NodeWithScore]) -> list[Evidence]:
     """Turn retrieved nodes into :class:`Evidence` (unnumbered) keeping their order and scores."""
+    from bmrag.hybrid import BM25_RANK, DENSE_RANK, RRF_SCORE
     from bmrag.llama_index.reranker import FIRST_STAGE_SCORE
 
     out = []
@@ -155,6 +163,7 @@ def evidence_from_nodes(nodes: Sequence[NodeWithScore]) -> list[Evidence]:
             first_stage_score=float(first) if first is not None else score,
             url=citations.source_url(doc_id, meta), pmid=citations.pmid_of(doc_id, meta),
             year=int(year) if isinstance(year, (int, float)) and not isinstance(year, bool) else None,
+            rrf_score=meta.get(RRF_SCORE), dense_rank=meta.get(DENSE_RANK), bm25_rank=meta.get(BM25_RANK),
         ))
     return out
 
@@ -309,7 +318,8 @@ class AskResult:
         invalid_citations: Removed citations (marker, number, reason).
         evidence: Passages given to the generator, numbered as in the prompt.
         held_back: Retrieved passages not given (below the threshold or beyond k).
-        retrieval: Retriever model, index, k, filters, threshold.
+        retrieval: Retriever model, ``mode`` (``"dense"`` or ``"hybrid (BM25 + dense, RRF k=60)"``), index, k,
+            filters, threshold (and, for hybrid, the BM25 index and fusion depth).
         reranker: Reranker model and top_n, or None.
         generator: Backend, model, endpoint, decoding; None when unavailable.
         timings: Seconds for ``retrieval``, ``rerank``, ``generation`` and ``total``.
@@ -375,8 +385,9 @@ class AskResult:
             lines.append(f"\n{title}{reason}:")
             lines += [_format_evidence(item, chars) for item in self.held_back]
         lines.append("")
-        lines.append(f"Retriever: {self.retrieval.get('model')} (index {self.retrieval.get('index')}, "
-                     f"k={self.retrieval.get('k')}, filters: {self.retrieval.get('filters')})")
+        lines.append(f"Retriever: {self.retrieval.get('model')}, {self.retrieval.get('mode', 'dense')} retrieval "
+                     f"(index {self.retrieval.get('index')}, k={self.retrieval.get('k')}, "
+                     f"filters: {self.retrieval.get('filters')})")
         if self.reranker:
             lines.append(f"Reranker: {self.reranker['model']} (top {self.reranker['top_n']} of "
                          f"{self.retrieval.get('candidates')})")
@@ -394,7 +405,12 @@ def _format_evidence(item: Evidence, chars: int) -> str:
     text = text if len(text) <= chars else text[: chars - 3].rstrip() + "..."
     tag = f"[{item.number}]" if item.number else " - "
     link = f" {item.url}" if item.url else ""
-    return f"  {tag} {item.label()}{link} (score {item.score:.3f})\n      {text}"
+    fused = ""
+    if item.rrf_score is not None:
+        ranks = ", ".join(f"{name} #{rank}" if rank else f"not in {name}"
+                          for name, rank in (("dense", item.dense_rank), ("BM25", item.bm25_rank)))
+        fused = f"; RRF {item.rrf_score:.4f}: {ranks}"
+    return f"  {tag} {item.label()}{link} (score {item.score:.3f}{fused})\n      {text}"
 
 
 def cited_sources(check: citations.CitationCheck, evidence: Sequence[Evidence]) -> list[dict[str, Any]]:
@@ -455,13 +471,20 @@ class QAChain:
             uses :func:`default_min_score` for the scoring model's similarity; None turns the check off.
         generator_error: Why the generator is unavailable (shown to the user).
         index_label: How to name the index in reports.
+        hybrid: Default retrieval mode of :meth:`ask`: False dense only, True BM25 + dense fused by
+            reciprocal-rank fusion (:mod:`bmrag.hybrid`). ``ask(hybrid=...)`` overrides it per question.
+        fusion_depth: Hybrid only: hits each retriever contributes to the fusion (default
+            ``max(candidates, HYBRID_DEPTH)``, i.e. at least 20); must be >= ``candidates``.
     """
 
     def __init__(self, store: BMRagChromaVectorStore, embed_model: BMRetrieverEmbedding,
                  generator: Generator | None, *, reranker: BMRetrieverReranker | None = None, k: int = 5,
                  candidates: int | None = None, min_score: float | Literal["auto"] | None = "auto",
-                 generator_error: str | None = None, index_label: str | None = None) -> None:
+                 generator_error: str | None = None, index_label: str | None = None, hybrid: bool = False,
+                 fusion_depth: int | None = None) -> None:
         from llama_index.core import VectorStoreIndex
+
+        from bmrag.hybrid import HYBRID_DEPTH
 
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
@@ -470,6 +493,13 @@ class QAChain:
             raise ValueError(f"candidates ({candidates}) must be >= k ({k})")
         if generator is None and generator_error is None:
             raise ValueError("pass a generator, or generator_error saying why there is none")
+        if not isinstance(hybrid, bool):
+            raise ValueError(f"hybrid must be True or False, got {hybrid!r}")
+        fusion_depth = fusion_depth if fusion_depth is not None else max(candidates, HYBRID_DEPTH)
+        if fusion_depth < candidates:
+            raise ValueError(f"fusion_depth ({fusion_depth}) must be >= candidates ({candidates})")
+        self.hybrid = hybrid
+        self.fusion_depth = fusion_depth
         self.store = store
         self.embed_model = embed_model
         self.generator = generator
@@ -490,7 +520,8 @@ class QAChain:
                    llm_model: str | None = None, api_base: str | None = None,
                    min_score: float | Literal["auto"] | None = "auto", max_new_tokens: int | None = None,
                    health_timeout: float | None = None, threads: int | None = None,
-                   generator: Generator | None = None) -> QAChain:
+                   generator: Generator | None = None, hybrid: bool = False,
+                   fusion_depth: int | None = None) -> QAChain:
         """Open an index with the model recorded in its manifest and set up the generator.
 
         Args:
@@ -507,6 +538,8 @@ class QAChain:
             health_timeout: Seconds the vLLM health check waits.
             threads: Local backend: torch CPU threads (see :class:`bmrag.generate.LocalLLM`).
             generator: An already-built generator (then backend/llm_model/api_base must not be given).
+            hybrid: Default retrieval mode of :meth:`ask` (see :class:`QAChain`).
+            fusion_depth: Hybrid only: hits per retriever fed to the fusion (see :class:`QAChain`).
 
         A vLLM server that does not answer does not raise: the chain is built without a generator and each
         ``ask`` returns the evidence with status ``generator_unavailable`` and the reason.
@@ -541,7 +574,7 @@ class QAChain:
                 # Re-score every candidate: the threshold and k are applied afterwards, on the rerank scores.
                 reranker = BMRetrieverReranker(model_name=rerank, top_n=candidates)
             return cls(store, embed_model, generator, reranker=reranker, k=k, candidates=candidates,
-                       min_score=min_score, generator_error=error,
+                       min_score=min_score, generator_error=error, hybrid=hybrid, fusion_depth=fusion_depth,
                        index_label=f"{index_dir} (collection {collection!r}, {manifest['count']} passages)")
         except BaseException:
             store.close()
@@ -551,34 +584,88 @@ class QAChain:
         """Release the Chroma client."""
         self.store.close()
 
-    def threshold_note(self) -> str:
+    def threshold_note(self, hybrid: bool = False) -> str:
         """How weak evidence is decided, for reports."""
         stage = "rerank" if self.reranker is not None else "first-stage"
         if self.min_score is None:
             return (f"off: no calibrated threshold for {self.score_kind} scores of {self.score_model}; "
                     "pass min_score (--min-score) to refuse weak evidence")
-        return f"{stage} {self.score_kind} score >= {self.min_score:g} ({self.score_model})"
+        note = f"{stage} {self.score_kind} score >= {self.min_score:g} ({self.score_model})"
+        if hybrid and self.reranker is None:
+            # RRF scores (<= 2/61) are never compared with a cosine threshold.
+            note += "; hybrid: each passage's dense score, not its RRF score"
+        return note
 
-    def retrieve(self, question: str, filters: MetadataFilters | None = None) -> list[NodeWithScore]:
-        """Dense top-``candidates`` for ``question`` with the filters applied in the vector-store query."""
-        retriever = self._index.as_retriever(similarity_top_k=self.candidates, filters=filters)
-        return retriever.retrieve(question)
+    def _hybrid_flag(self, hybrid: bool | None) -> bool:
+        if hybrid is None:
+            return self.hybrid
+        if not isinstance(hybrid, bool):
+            raise ValueError(f"hybrid must be True, False or None (the chain's default), got {hybrid!r}")
+        return hybrid
+
+    def retrieve(self, question: str, filters: MetadataFilters | None = None, *,
+                 hybrid: bool | None = None) -> list[NodeWithScore]:
+        """First-stage ``candidates`` for ``question`` with the filters applied to every retriever.
+
+        Args:
+            question: The question.
+            filters: Metadata filters (see :func:`build_filters`).
+            hybrid: False: dense top-``candidates`` from the vector store. True: BM25 and dense hits (each
+                ``fusion_depth`` deep) fused by reciprocal-rank fusion, the top ``candidates``
+                kept, each scored by its dense score (see :mod:`bmrag.hybrid`). None: the chain's default.
+        """
+        return self._retrieve(question, filters, self._hybrid_flag(hybrid))[0]
+
+    def _retrieve(self, question: str, filters: MetadataFilters | None,
+                  hybrid: bool) -> tuple[list[NodeWithScore], dict[str, Any]]:
+        from bmrag import hybrid as fusion
+
+        if not hybrid:
+            retriever = self._index.as_retriever(similarity_top_k=self.candidates, filters=filters)
+            return retriever.retrieve(question), {"mode": fusion.DENSE_LABEL}
+        from llama_index.core.schema import QueryBundle
+
+        depth = self.fusion_depth
+        # Embed once: the dense query and the dense scores of BM25-only hits use the same vector.
+        embedding = self.embed_model.get_query_embedding(question)
+        dense = self._index.as_retriever(similarity_top_k=depth, filters=filters).retrieve(
+            QueryBundle(query_str=question, embedding=embedding))
+        collection = self.store.client
+        bm25, built = fusion.bm25_for_collection(collection)
+        allowed = fusion.allowed_ids(collection, fusion.chroma_where(filters))
+        hits = bm25.search(question, depth, allowed)
+        nodes = fusion.fuse(dense, hits, collection=collection, query_embedding=embedding,
+                            space=str(self.store.manifest["space"]), top_n=self.candidates)
+        info = {"mode": fusion.HYBRID_LABEL, "fusion_depth": depth, "dense_hits": len(dense), "bm25_hits": len(hits),
+                "bm25_only": sum(1 for n in nodes if n.node.metadata.get(fusion.DENSE_RANK) is None),
+                "bm25_index": {**bm25.description, "built_now": built,
+                               "build_seconds": round(bm25.build_seconds, 3)}}
+        return nodes, info
 
     def ask(self, question: str, *, year_min: int | None = None, year_max: int | None = None,
-            pub_types: Sequence[str] | None = None) -> AskResult:
+            pub_types: Sequence[str] | None = None, hybrid: bool | None = None) -> AskResult:
         """Answer ``question`` from the index with checked citations (see the module docstring).
+
+        Args:
+            question: The question.
+            year_min: Only passages with metadata ``year >= year_min``.
+            year_max: Only passages with metadata ``year <= year_max``.
+            pub_types: Only passages whose ``pub_type`` is one of these.
+            hybrid: BM25 + dense retrieval fused by RRF (True), dense only (False), or the chain's default
+                (None). The filters apply to both retrievers; ``result.retrieval["mode"]`` says which ran.
 
         Raises:
             ValueError: Empty question or invalid filters.
         """
         if not isinstance(question, str) or not question.strip():
             raise ValueError("the question is empty")
+        hybrid = self._hybrid_flag(hybrid)
         filters = build_filters(year_min, year_max, pub_types)
         start = time.perf_counter()
         result = AskResult(question=question, status="answered", retrieval={
             "model": self.embed_model.model_name, "index": self.index_label, "k": self.k,
             "candidates": self.candidates, "filters": describe_filters(filters), "score_kind": self.score_kind,
-            "min_score": self.min_score, "threshold_note": self.threshold_note()})
+            "min_score": self.min_score, "threshold_note": self.threshold_note(hybrid)})
         if self.reranker is not None:
             result.reranker = {"model": self.reranker.model_name, "top_n": self.reranker.top_n}
         if self.generator is not None:
@@ -586,7 +673,8 @@ class QAChain:
         else:
             result.notes.append(f"generation skipped: {self.generator_error}")
 
-        nodes = self.retrieve(question, filters)
+        nodes, info = self._retrieve(question, filters, hybrid)
+        result.retrieval.update(info)
         result.timings["retrieval"] = time.perf_counter() - start
         t = time.perf_counter()
         if self.reranker is not None and nodes:
@@ -605,7 +693,7 @@ class QAChain:
             result.status = "insufficient_evidence"
             result.answer = CANNOT_ANSWER
             result.notes.append(f"weak evidence: the best passage scores {best:.3f}, below the threshold "
-                                f"{self.min_score:g} ({self.threshold_note()}); the generator was not called")
+                                f"{self.min_score:g} ({self.threshold_note(hybrid)}); the generator was not called")
         elif self.generator is None:
             result.status = "generator_unavailable"
         else:

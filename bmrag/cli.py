@@ -149,6 +149,66 @@ def _eval_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_rag(args: argparse.Namespace) -> int:
+    from bmrag.evaluation.rag import Judge, evaluate_rag, summary_line, write_rag_result
+
+    if args.no_generate and (args.generator or args.llm_model or args.api_base or args.max_new_tokens):
+        raise ValueError("--no-generate runs retrieval only: drop --generator/--llm-model/--api-base/--max-new-tokens")
+    if args.judge_api_base is None and (args.judge_model or args.judge_embedding):
+        raise ValueError("--judge-model/--judge-embedding need --judge-api-base")
+    judge = (Judge(api_base=args.judge_api_base, model=args.judge_model,
+                   embedding_model=args.judge_embedding or "all-MiniLM-L6-v2") if args.judge_api_base else None)
+    result = evaluate_rag(
+        args.dataset, data=args.data, retriever=args.retriever,
+        generator=None if args.no_generate else (args.generator or "local"),
+        llm_model=args.llm_model, api_base=args.api_base, k=args.k, hybrid=args.hybrid, limit=args.limit,
+        threads=args.threads, max_new_tokens=args.max_new_tokens, index_dir=args.index_dir, judge=judge,
+        show_progress=not args.no_progress, command=_eval_command(args))
+    if args.out is not None:
+        json_path, md_path = write_rag_result(result, args.out)
+        print(f"wrote {json_path} and {md_path}")
+    print(summary_line(result))
+    return 0
+
+
+def _add_eval_rag(eval_sub: argparse._SubParsersAction) -> None:
+    rag = eval_sub.add_parser(
+        "rag", help="the QA chain over PubMedQA / BioASQ: RAGAS ID-based context precision/recall, ROUGE-L, "
+                    "yes/no/maybe accuracy, LLM-judged metrics only with --judge-api-base",
+        description="Builds (or reuses) a Chroma index of the dataset's corpus with --retriever, runs the real QA "
+                    "chain per question and scores it (see docs/evaluation.md). LLM-judged metrics run only "
+                    "against --judge-api-base; RAGAS is never allowed to reach OpenAI.")
+    rag.add_argument("--dataset", required=True, choices=["pubmedqa", "bioasq"],
+                     help="pubmedqa: PQA-L test vs the PubMedQA contexts; bioasq: Task 8B vs the bioasq-snippets pool")
+    rag.add_argument("--data", default=None, help="data root (pubmedqa-retrieval/, pubmedqa/, bioasq-snippets/, "
+                                                  "bioasq-qa/); default $BMRAG_DATA")
+    rag.add_argument("--retriever", default="all-MiniLM-L6-v2", help="retriever model the index is built with")
+    rag.add_argument("--generator", choices=["local", "vllm"], default=None,
+                     help="local (default): embedded transformers (SmolLM2-135M-Instruct); vllm: an OpenAI-compatible "
+                          "server")
+    rag.add_argument("--no-generate", action="store_true",
+                     help="retrieval only: context precision/recall (cheap; use it for the full question sets)")
+    rag.add_argument("--llm-model", default=None, help="generator model (see bmrag ask --llm-model)")
+    rag.add_argument("--api-base", default=None, help="vLLM URL for --generator vllm")
+    rag.add_argument("-k", "--k", dest="k", type=int, default=3, help="passages given to the generator (default 3)")
+    rag.add_argument("--hybrid", action="store_true", help="BM25 + dense retrieval fused by RRF (k=60)")
+    rag.add_argument("--limit", type=int, default=None, help="only the first N questions in id order")
+    rag.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a busy machine)")
+    rag.add_argument("--max-new-tokens", type=int, default=None, help="answer budget (default 64)")
+    rag.add_argument("--index-dir", default=None,
+                     help="Chroma index of the corpus (default ~/.cache/bmrag/rag-eval/DATASET__RETRIEVER__HASH)")
+    rag.add_argument("--judge-api-base", default=None,
+                     help="OpenAI-compatible judge (e.g. vLLM http://127.0.0.1:8000/v1) for faithfulness and answer "
+                          "relevancy; without it those metrics are not run")
+    rag.add_argument("--judge-model", default=None, help="served judge model name (default: the one served)")
+    rag.add_argument("--judge-embedding", default=None,
+                     help="local embedding model for answer relevancy (default all-MiniLM-L6-v2)")
+    rag.add_argument("--out", default=None,
+                     help="folder for rag__<dataset>__<retriever>__<generator>.json/.md, or a .json path")
+    rag.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    rag.set_defaults(func=_eval_rag)
+
+
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("eval", help="evaluate retrievers: BEIR retrieval, BIOSSES, leaderboard")
     eval_sub = parser.add_subparsers(dest="eval_command", required=True, metavar="EVAL_COMMAND")
@@ -184,6 +244,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     download.add_argument("--dest", required=True, help="folder to unzip into")
     download.set_defaults(func=_eval_download)
 
+    _add_eval_rag(eval_sub)
+
 
 COMMANDS.append(_add_eval)
 
@@ -197,7 +259,8 @@ def _index_common(parser: argparse.ArgumentParser) -> None:
 
 def _corpus_and_model(parser: argparse.ArgumentParser, model_default: str) -> None:
     parser.add_argument("--corpus", default=None,
-                        help="BEIR folder or corpus .jsonl/.jsonl.gz file (default: the bundled sample corpus)")
+                        help="BEIR folder or corpus .jsonl/.jsonl.gz file, PubMed/MEDLINE .xml/.xml.gz file or "
+                             "folder of them, or a folder of .txt/.md files (default: the bundled sample corpus)")
     parser.add_argument("--model", default=None,
                         help=f"retriever: Hub id, local dir, adapter dir or offline alias (default {model_default}; "
                              "online use BMRetriever/BMRetriever-410M)")
@@ -208,7 +271,7 @@ def _run_index(args: argparse.Namespace) -> int:
     from bmrag.demo import run_index
 
     return run_index(corpus=args.corpus, index_dir=args.index, model=args.model, collection=args.collection,
-                     batch_size=args.batch_size, show_progress=not args.no_progress)
+                     batch_size=args.batch_size, show_progress=not args.no_progress, skip_bad=args.skip_bad)
 
 
 def _add_index(sub: argparse._SubParsersAction) -> None:
@@ -218,6 +281,8 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
     _corpus_and_model(parser, DEFAULT_RETRIEVER)
     _index_common(parser)
     parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="skip malformed records (counted and reported with file:line) instead of stopping")
     parser.set_defaults(func=_run_index)
 
 
@@ -237,19 +302,33 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from bmrag.demo import run_demo
+    if args.terminal:
+        from bmrag.demo import run_demo
 
-    return run_demo(index_dir=args.index, model=args.model, corpus=args.corpus, k=args.k,
-                    collection=args.collection, show_progress=not args.no_progress)
+        return run_demo(index_dir=args.index, model=args.model, corpus=args.corpus, k=args.k,
+                        collection=args.collection, show_progress=not args.no_progress)
+    from bmrag.ui import run_demo_app
+
+    return run_demo_app(args)
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     from bmrag.models import DEFAULT_RETRIEVER
+    from bmrag.ui import add_app_arguments
 
-    parser = sub.add_parser("demo", help="index the bundled sample corpus and answer 3 clinical questions")
+    parser = sub.add_parser(
+        "demo", help="the clinical QA web app over the bundled sample corpus (indexed first when missing)",
+        description="Index the bundled sample corpus when the index is missing (or --corpus/--model is given), "
+                    "then serve the clinical QA web app on 127.0.0.1 and print its URL. --smoke answers one "
+                    "question headlessly and exits (0 = answered); --terminal runs the retrieval-only terminal "
+                    "demo (3 questions).")
+    parser.add_argument("--terminal", action="store_true",
+                        help="terminal demo instead of the app: index, then print the passages for 3 questions")
     _corpus_and_model(parser, DEFAULT_RETRIEVER)
     _index_common(parser)
-    parser.add_argument("-k", "--top-k", dest="k", type=int, default=3, help="passages per question (default 3)")
+    parser.add_argument("-k", "--top-k", dest="k", type=int, default=3,
+                        help="passages per question (default 3; the app's initial top-k)")
+    add_app_arguments(parser, index=False)
     parser.set_defaults(func=_run_demo)
 
 
@@ -272,7 +351,7 @@ def _run_ask(args: argparse.Namespace) -> int:
                                candidates=args.candidates, rerank=args.rerank, backend=args.backend,
                                llm_model=args.llm_model, api_base=args.api_base, min_score=min_score,
                                max_new_tokens=args.max_new_tokens, health_timeout=args.health_timeout,
-                               threads=args.threads)
+                               threads=args.threads, hybrid=args.hybrid)
     try:
         result = chain.ask(args.question, year_min=args.year_min, year_max=args.year_max, pub_types=args.pub_type)
     finally:
@@ -304,6 +383,9 @@ def _add_ask(sub: argparse._SubParsersAction) -> None:
                         help="first-stage passages (default k; max(4k, 20) with --rerank)")
     parser.add_argument("--rerank", default=None, metavar="MODEL",
                         help="re-score the candidates with this BMRetriever model (Hub id, dir or alias)")
+    parser.add_argument("--hybrid", action="store_true",
+                        help="BM25 + dense retrieval fused by reciprocal-rank fusion (k=60); filters apply to both; "
+                             "the evidence threshold still uses each passage's dense score")
     parser.add_argument("--backend", choices=["local", "vllm"], default="local",
                         help="generator: in-process transformers (default) or a vLLM/OpenAI-compatible server")
     parser.add_argument("--llm-model", default=None,

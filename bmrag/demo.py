@@ -19,12 +19,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
-from bmrag import models, readers
+from bmrag import models
 
 if TYPE_CHECKING:
     from llama_index.core.schema import NodeWithScore
 
     from bmrag.llama_index.embedding import BMRetrieverEmbedding
+    from bmrag.sources import SourceReport
     from bmrag.store import BMRagChromaVectorStore, IndexReport
 
 DEMO_CORPUS = Path(__file__).resolve().parent / "data" / "demo_corpus.jsonl.gz"
@@ -61,18 +62,29 @@ def model_note(model: str, origin: ModelOrigin) -> str:
     return f"Retriever model: {model} ({why})"
 
 
-def read_documents(source: str | os.PathLike[str] | None) -> tuple[dict[str, dict[str, Any]], str]:
-    """Documents from a BEIR folder, a ``.jsonl``/``.jsonl.gz`` corpus file, or the bundled sample (None).
+def read_documents(source: str | os.PathLike[str] | None, *, skip_bad: bool = False,
+                   report: SourceReport | None = None) -> tuple[dict[str, dict[str, Any]], str]:
+    """Documents from any source :func:`bmrag.sources.read_source` reads, or the bundled sample (None).
+
+    Sources: a BEIR folder or ``.jsonl``/``.jsonl.gz`` corpus file, PubMed/MEDLINE ``.xml[.gz]`` files,
+    or a folder of ``.txt``/``.md`` files.
+
+    Args:
+        source: The path, or None for the bundled sample corpus.
+        skip_bad: Count malformed records in ``report`` instead of raising.
+        report: Filled with what was read and skipped (see :class:`bmrag.sources.SourceReport`).
 
     Returns:
         ``({doc_id: {"title", "text", "metadata"}}, description)``.
 
     Raises:
-        readers.DataError: Missing file, malformed line, a record without ``_id`` or text, duplicate ids.
+        bmrag.readers.DataError: Missing file, malformed record (file and line named), unsupported source.
     """
+    from bmrag.sources import read_source
+
     path = DEMO_CORPUS if source is None else Path(source).expanduser()
-    corpus = readers.load_corpus(path)
-    label = "the bundled sample corpus" if source is None else str(path)
+    corpus, report = read_source(path, skip_bad=skip_bad, report=report)
+    label = "the bundled sample corpus" if source is None else f"{path} ({report.kind})"
     return corpus, label
 
 
@@ -151,12 +163,18 @@ def _report_line(report: IndexReport, documents: int, stored: int) -> str:
 
 def run_index(*, corpus: str | None, index_dir: str | os.PathLike[str] | None, model: str | None,
               collection: str = "bmrag", batch_size: int = 32, show_progress: bool = True,
-              out: IO[str] | None = None) -> int:
-    """``bmrag index``: embed a corpus into a persistent Chroma index (idempotent)."""
+              skip_bad: bool = False, out: IO[str] | None = None) -> int:
+    """``bmrag index``: embed a corpus into a persistent Chroma index (idempotent).
+
+    ``skip_bad`` counts and reports malformed records instead of stopping at the first one.
+    """
+    from bmrag.sources import SourceReport
+
     out = out or sys.stdout
     index_dir = Path(index_dir).expanduser() if index_dir else default_index_dir()
     name = model or models.DEFAULT_RETRIEVER
-    documents, label = read_documents(corpus)
+    source_report = SourceReport()
+    documents, label = read_documents(corpus, skip_bad=skip_bad, report=source_report)
     print(model_note(name, "option" if model else "default"), file=out)
     print(f"Corpus: {label} ({len(documents)} documents)", file=out)
     print(f"Index: {index_dir} (collection {collection!r})", file=out, flush=True)
@@ -165,6 +183,7 @@ def run_index(*, corpus: str | None, index_dir: str | os.PathLike[str] | None, m
                                 show_progress=show_progress)
     try:
         print(_report_line(report, len(documents), store.count()), file=out)
+        print(source_report.summary(), file=out)
     finally:
         store.close()
     return 0

@@ -53,7 +53,8 @@ def demo_run(tmp_path_factory, small_corpus):
     for _ in range(2):
         capture = _Capture()
         with capture:
-            code = cli.main(["demo", "--index", str(index), "--corpus", str(small_corpus), "--no-progress"])
+            code = cli.main(["demo", "--terminal", "--index", str(index), "--corpus", str(small_corpus),
+                             "--no-progress"])
         assert code == 0, capture.err
         outputs.append(capture.out)
     return index, outputs[0], outputs[1]
@@ -119,8 +120,8 @@ def test_search_uses_the_model_recorded_in_the_index(demo_run, capsys):
 
 def test_demo_refuses_an_index_built_with_another_model(demo_run, small_corpus, tiny_llama_dir, capsys):
     index, _, _ = demo_run
-    code = cli.main(["demo", "--index", str(index), "--corpus", str(small_corpus), "--model", str(tiny_llama_dir),
-                     "--no-progress"])
+    code = cli.main(["demo", "--terminal", "--index", str(index), "--corpus", str(small_corpus), "--model",
+                     str(tiny_llama_dir), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2
     assert "was built with model 'all-MiniLM-L6-v2'" in err and str(tiny_llama_dir) in err
@@ -198,7 +199,7 @@ def test_model_note_and_default_index_dir(monkeypatch, tmp_path):
 @pytest.mark.slow
 def test_full_demo_on_the_bundled_corpus(tmp_path, capsys):
     """The command users run: all 350 bundled documents (~1-2 min on 2 CPU cores)."""
-    assert cli.main(["demo", "--index", str(tmp_path)]) == 0
+    assert cli.main(["demo", "--terminal", "--index", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert MODEL_LINE in out and "Indexed 350 documents" in out
     firsts = [hit.split("#")[0] for hit in _first_hits(out)]
