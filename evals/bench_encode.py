@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import platform
+import random
 import shlex
 import statistics
 import subprocess
@@ -55,8 +56,7 @@ logger = logging.getLogger("bench_encode")
 ConfigName = Literal["bmrag-fp32", "bmrag-bf16", "st-fp32", "st-bf16", "bmrag-bf16-compiled"]
 CONFIGS: tuple[str, ...] = get_args(ConfigName)
 DEFAULT_CONFIGS = ("bmrag-fp32", "bmrag-bf16", "st-fp32", "st-bf16")
-"""``bmrag-bf16-compiled`` is opt-in: it previews a proposed encoder change (``torch.compile`` of the model's
-forward) and compiling takes minutes on 2 cores."""
+"""``bmrag-bf16-compiled`` (``from_pretrained(torch_compile=True)``) is opt-in: compiling takes minutes on 2 cores."""
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scifact"
@@ -70,7 +70,7 @@ TARGET_MFU = 0.40
 
 
 # ------------------------------------------------------------------------------------------------ inputs
-Selection = Literal["batches", "quantiles"]
+Selection = Literal["batches", "quantiles", "random"]
 
 
 def select_documents(lengths: Mapping[str, int], n_docs: int, *, selection: Selection = "batches",
@@ -81,7 +81,8 @@ def select_documents(lengths: Mapping[str, int], n_docs: int, *, selection: Sele
     ``batch_size`` consecutive documents at the centre of each of ``n_docs / batch_size`` strata, i.e. whole
     batches of the kind a length-sorted full-corpus run executes (nearly pad-free); ``"quantiles"`` takes the
     document at the centre of each of ``n_docs`` strata, which puts very different lengths in one batch, so
-    on small subsets padding rather than the encoder dominates.
+    on small subsets padding rather than the encoder dominates; ``"random"`` is a uniform sample (seed 0), which
+    each library then sorts and batches its own way, as it would the whole corpus (so padding differences count).
 
     Args:
         lengths: Token count of every document, by id.
@@ -97,8 +98,11 @@ def select_documents(lengths: Mapping[str, int], n_docs: int, *, selection: Sele
         return ranked
     if selection == "quantiles":
         return [ranked[int((i + 0.5) * len(ranked) / n_docs)] for i in range(n_docs)]
+    if selection == "random":
+        chosen = set(random.Random(0).sample(ranked, n_docs))
+        return [doc_id for doc_id in ranked if doc_id in chosen]
     if selection != "batches":
-        raise ValueError(f"selection must be 'batches' or 'quantiles', got {selection!r}")
+        raise ValueError(f"selection must be 'batches', 'quantiles' or 'random', got {selection!r}")
     blocks = max(1, round(n_docs / batch_size))
     size = n_docs // blocks
     chosen: list[str] = []
@@ -204,14 +208,14 @@ def bmrag_runner(base: BMRetrieverEncoder, dtype: str, texts: list[str], batch_s
                  compiled: bool = False) -> Runner:
     """bmrag's own encode path on a copy of the weights in ``dtype`` (what ``from_pretrained(dtype=)`` gives).
 
-    ``compiled`` wraps the model's forward in ``torch.compile(dynamic=True)``: not something bmrag does yet, a
-    measured preview of a proposed change (the compile happens during warm-up and is reported as warm-up time).
+    ``compiled`` uses ``BMRetrieverEncoder.compile()`` (what ``from_pretrained(torch_compile=True)`` does); the
+    compile happens during warm-up and is reported as warm-up time.
     """
     model = base.model if base.dtype == DTYPES[dtype] and not compiled else copy.deepcopy(base.model).to(DTYPES[dtype])
-    if compiled:
-        model.forward = torch.compile(model.forward, dynamic=True)
     enc = BMRetrieverEncoder(model, base.tokenizer, base.recipe, source=base.source,
                              default_instruction=base.default_instruction)
+    if compiled:
+        enc.compile()
     token_ids = enc.tokenize(texts)
 
     def embed(batch: list[str]) -> np.ndarray:
@@ -220,7 +224,7 @@ def bmrag_runner(base: BMRetrieverEncoder, dtype: str, texts: list[str], batch_s
     lengths = [len(r) for r in token_ids]
     name, note = f"bmrag-{dtype}", "bmrag encode(): recipe + EOS"
     if compiled:
-        name, note = f"{name}-compiled", note + "; model forward wrapped in torch.compile(dynamic=True) (proposal)"
+        name, note = f"{name}-compiled", note + "; torch_compile=True (torch.compile(dynamic=True))"
     return Runner(name, "bmrag", dtype, embed, texts, lengths, note=note, token_ids=token_ids,
                   shapes=batch_shapes(lengths, lengths, batch_size))
 

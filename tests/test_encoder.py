@@ -516,3 +516,14 @@ def test_recipe_from_dict_rejects_a_misspelt_key():
     with pytest.raises(TypeError, match=r"'normalise' \(did you mean 'normalize'\?\)"):
         Recipe.from_dict({"pooling": "last", "normalise": True})
     assert Recipe.from_dict(Recipe(pooling="mean").to_dict()) == Recipe(pooling="mean")
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_the_reference_recipe(tiny_llama_dir, reference_vectors):
+    """``torch_compile=True`` (dynamic shapes) keeps the recipe: same vectors over batches of different widths."""
+    enc = BMRetrieverEncoder.from_pretrained(tiny_llama_dir, dtype="float32", device="cpu", torch_compile=True)
+    assert enc.compiled and enc.describe()["compiled"] is True
+    expected_queries, expected_docs = reference_vectors["llama"]
+    np.testing.assert_allclose(enc.encode_queries(QUERIES, task="scifact", batch_size=2), expected_queries,
+                               atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(enc.encode_documents(DOCUMENTS, batch_size=3), expected_docs, atol=1e-4, rtol=1e-4)
