@@ -16,7 +16,7 @@ from bmrag.readers import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
-MODEL_LINE = ("Retriever model: all-MiniLM-L6-v2 (offline default: no trained BMRetriever is available offline yet; "
+MODEL_LINE = ("Retriever model: all-MiniLM-L6-v2 (offline default: stronger than the shipped bmrag-mini; "
               "use --model BMRetriever/BMRetriever-410M online)")
 
 STROKE = {"medquad-8-0000124-6", "medquad-6-0000261-1", "medquad-7-0000066-15"}
@@ -191,6 +191,7 @@ def test_corpus_files_are_validated_with_file_and_line(tmp_path):
 
 def test_model_note_and_default_index_dir(monkeypatch, tmp_path):
     assert "untrained decoder" in model_note("gemma-3-270m", "option")
+    assert "far weaker than all-MiniLM-L6-v2" in model_note("bmrag-mini", "option")
     assert model_note("BMRetriever/BMRetriever-410M", "option").endswith("(chosen with --model)")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert default_index_dir() == tmp_path / "bmrag" / "index" / "demo"
