@@ -45,8 +45,9 @@ def load_results(results_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 
 MODEL_NOTES = {
-    "bmrag-mini/stage1": "bmrag-mini after Stage I only (pseudo pairs from BioASQ/PubMedQA abstracts and MedQuAD "
-                         "answers; no SciFact text): every set is zero-shot.",
+    "bmrag-mini/stage1": "bmrag-mini after Stage I only: pseudo pairs from raw text (the BioASQ snippet pool, which "
+                         "is also the bioasq-snippets corpus; PubMedQA train abstracts; MedQuAD answers), no query "
+                         "or label of any evaluated set, no SciFact text.",
     "bmrag-mini/stage2": "bmrag-mini Stage I+II, the shipped `bmrag-mini` adapter. Stage II includes SciFact train "
                          "claims, so SciFact is **in-domain**; PubMedQA-retrieval and BioASQ-snippets are in-domain "
                          "too (their train splits); BIOSSES is zero-shot.",
