@@ -17,7 +17,7 @@ from pathlib import Path
 
 logger = logging.getLogger("retriever_training")
 
-DEFAULT_DATA_DIR = os.environ.get("BMRAG_DATA_DIR", "/work/shared/data")
+DEFAULT_DATA_DIR = os.environ.get("BMRAG_DATA") or "/work/shared/data"
 
 
 def _offline_defaults() -> None:

@@ -9,13 +9,13 @@ import json
 from pathlib import Path
 
 import pytest
+from shared_data import SHARED_DATA
 
 from bmrag import cli
 from bmrag.demo import DEMO_CORPUS, DEMO_QUESTIONS, default_index_dir, model_note, read_documents
 from bmrag.readers import DataError
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
 MODEL_LINE = ("Retriever model: all-MiniLM-L6-v2 (offline default: stronger than the shipped bmrag-mini; "
               "use --model BMRetriever/BMRetriever-410M online)")
 

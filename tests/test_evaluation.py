@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from shared_data import SHARED_DATA
 
 from bmrag.evaluation import datasets as ds
 from bmrag.evaluation.bm25 import BM25Baseline, bm25_pair_scores, tokenize
@@ -24,8 +25,6 @@ from bmrag.evaluation.run import evaluate_retrieval, evaluate_sts, result_filena
 from bmrag.evaluation.search import exact_search
 from bmrag.evaluation.sts import correlations
 from bmrag.readers import DataError
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 DOCS = {
     "d1": ("Aspirin and colorectal cancer", "Regular aspirin use lowers the risk of colorectal cancer in adults."),

@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
+from shared_data import SHARED_DATA
 
 from bmrag.readers import DataError, ReadReport, iter_jsonl, load_corpus, load_qrels, load_queries
 
-SCIFACT = Path("/work/shared/data/scifact")
+SCIFACT = SHARED_DATA / "scifact"
 
 DOCS = [
     {"_id": "d1", "title": "Aspirin", "text": "Aspirin reduces colorectal cancer risk.", "metadata": {"year": 2020}},

