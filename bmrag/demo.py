@@ -7,7 +7,7 @@ and adds nothing.
 
 Offline, the default retriever is ``all-MiniLM-L6-v2`` (a general sentence-transformers model): the released
 BMRetriever checkpoints need the Hugging Face Hub, and ``bmrag-mini`` (trained on a 2-core CPU, shipped
-inside bmrag) is far weaker (SciFact nDCG@10 0.062 vs 0.645); every command says which model runs. Online,
+inside bmrag) is far weaker (SciFact nDCG@10 0.100 vs 0.645); every command says which model runs. Online,
 pass ``--model BMRetriever/BMRetriever-410M``.
 """
 

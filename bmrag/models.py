@@ -89,7 +89,7 @@ _ALIASES = {
 
 DEFAULT_RETRIEVER = "all-MiniLM-L6-v2"
 """The offline default retriever: untrained decoders retrieve at random, and the shipped bmrag-mini (SciFact
-nDCG@10 0.062) is far weaker than all-MiniLM-L6-v2 (0.645); see bmrag/data/bmrag-mini/README.md."""
+nDCG@10 0.100) is far weaker than all-MiniLM-L6-v2 (0.645); see bmrag/data/bmrag-mini/README.md."""
 
 RECOMMENDED_RETRIEVER = "BMRetriever/BMRetriever-410M"
 """The documented choice for users who can reach the Hugging Face Hub."""

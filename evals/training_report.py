@@ -17,8 +17,10 @@ from typing import Any
 
 STAGES = {
     "stage1": "Stage I (pseudo pairs: BioASQ/PubMedQA abstracts, MedQuAD answers; no SciFact text)",
-    "stage2": "Stage I + II (Stage II incl. SciFact train: SciFact in-domain) = shipped `bmrag-mini`",
+    "stage2": "Stage I + II (Stage II incl. SciFact train: SciFact in-domain), stopped at its time budget",
     "stage2-noscifact": "Stage I + II without SciFact train (SciFact zero-shot)",
+    "stage2-150": "the same Stage II resumed from step 81 to its 150 steps (`--resume true`; train wall = the "
+                  "resumed part only) = shipped `bmrag-mini`",
 }
 DATASETS = {"scifact": "ndcg@10", "biosses": "spearman", "pubmedqa-retrieval": "ndcg@10"}
 BASE = "SmolLM2-135M-Instruct"

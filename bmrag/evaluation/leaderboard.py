@@ -48,9 +48,11 @@ MODEL_NOTES = {
     "bmrag-mini/stage1": "bmrag-mini after Stage I only: pseudo pairs from raw text (the BioASQ snippet pool, which "
                          "is also the bioasq-snippets corpus; PubMedQA train abstracts; MedQuAD answers), no query "
                          "or label of any evaluated set, no SciFact text.",
-    "bmrag-mini/stage2": "bmrag-mini Stage I+II, the shipped `bmrag-mini` adapter. Stage II includes SciFact train "
-                         "claims, so SciFact is **in-domain**; PubMedQA-retrieval and BioASQ-snippets are in-domain "
-                         "too (their train splits); BIOSSES is zero-shot.",
+    "bmrag-mini/stage2": "bmrag-mini Stage I+II stopped at step 81 of 150 by its time budget. Stage II includes "
+                         "SciFact train claims, so SciFact is **in-domain**; PubMedQA-retrieval and BioASQ-snippets "
+                         "are in-domain too (their train splits); BIOSSES is zero-shot.",
+    "bmrag-mini/stage2-150": "the same run resumed to its full 150 steps: the shipped `bmrag-mini` adapter (same "
+                             "in-domain sets as stage2).",
     "bmrag-mini/stage2-noscifact": "bmrag-mini Stage I+II without SciFact train: SciFact and BIOSSES are zero-shot.",
 }
 """What each trained model saw in training (which benchmarks are in-domain), keyed by run label stem."""
