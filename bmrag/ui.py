@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
+from bmrag.demo import SAMPLE_QUESTIONS
+
 if TYPE_CHECKING:
     import gradio as gr
 
@@ -61,14 +63,8 @@ DEFAULT_RERANK_MODEL = "all-MiniLM-L6-v2"
 """Reranker used when "rerank" is ticked: the only reranker weights installable offline. Online, pass
 ``--rerank-model BMRetriever/BMRetriever-2B``."""
 
-EXAMPLE_QUESTIONS = (
-    "What are the warning signs of a stroke?",
-    "What are the symptoms of asthma?",
-    "Do statins taken before heart surgery prevent atrial fibrillation?",
-    "What are the treatments for glaucoma?",
-    "Is high blood pressure a risk factor for dementia?",
-)
-"""Clinical questions the bundled sample corpus answers (see ``bmrag/demo.py`` and ``evals/bench_ask.py``)."""
+EXAMPLE_QUESTIONS = SAMPLE_QUESTIONS
+"""Clinical questions the bundled sample corpus answers (``bmrag.demo.SAMPLE_QUESTIONS``)."""
 
 DISCLAIMER = ("**Not medical advice.** This is a research demo: a small model answers from a sample of "
               "~350 biomedical documents and can be wrong or incomplete. Do not use it to diagnose or treat "

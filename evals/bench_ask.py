@@ -26,14 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-QUESTIONS = (
-    "What are the warning signs of a stroke?",
-    "What are the symptoms of asthma?",
-    "Do statins taken before heart surgery prevent atrial fibrillation?",
-    "What causes renal hypouricemia?",
-    "What are the treatments for glaucoma?",
-    "Is high blood pressure a risk factor for dementia?",
-)
+from bmrag.demo import SAMPLE_QUESTIONS
+
+QUESTIONS = SAMPLE_QUESTIONS
 OFF_TOPIC = (
     "What is the capital of France?", "How do I change a flat bicycle tyre?",
     "Who won the football world cup in 2014?",

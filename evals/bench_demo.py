@@ -27,15 +27,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bmrag.demo import SAMPLE_QUESTIONS
+
 REPO = Path(__file__).resolve().parents[1]
-QUESTIONS = (
-    "What are the warning signs of a stroke?",
-    "What are the symptoms of asthma?",
-    "Do statins taken before heart surgery prevent atrial fibrillation?",
-    "What causes renal hypouricemia?",
-    "What are the treatments for glaucoma?",
-    "Is high blood pressure a risk factor for dementia?",
-)
+QUESTIONS = SAMPLE_QUESTIONS
 OK = {"answered", "insufficient_evidence", "model_declined"}
 
 

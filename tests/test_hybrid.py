@@ -81,16 +81,12 @@ def test_dense_scores_match_the_distance_spaces():
 # ------------------------------------------------------------------------------------------ real index
 @pytest.fixture(scope="module")
 def index_dir(tmp_path_factory):
+    from bmrag.demo import build_index
     from bmrag.llama_index.embedding import BMRetrieverEmbedding
-    from bmrag.store import corpus_to_nodes, index_nodes, open_store
 
     path = tmp_path_factory.mktemp("hybrid-index")
-    embed = BMRetrieverEmbedding(model_name="all-MiniLM-L6-v2")
-    store = open_store(path, embed)
-    try:
-        index_nodes(store, corpus_to_nodes(CORPUS, embed.encoder), embed)
-    finally:
-        store.close()
+    store, _ = build_index(CORPUS, path, BMRetrieverEmbedding(model_name="all-MiniLM-L6-v2"), show_progress=False)
+    store.close()
     return path
 
 
