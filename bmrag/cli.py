@@ -39,7 +39,7 @@ def _eval_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="write the result JSON here (a folder: a standard file name)")
     parser.add_argument("--revision", default=None, help="Hub revision to pin")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                        help="weights dtype (default: the encoder's, bfloat16)")
+                        help="weights dtype (default: bfloat16 on GPUs and CPUs with AMX/AVX512-BF16, else float32)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--max-length", type=int, default=None, help="tokens per text incl. EOS (default: the "
                                                                       "model's recipe)")

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bmrag import models, prompts
+from bmrag import hardware, models, prompts
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +38,6 @@ Document = str | Mapping[str, Any]
 
 BMRAG_CONFIG = "bmrag_config.json"
 """File written next to a model or adapter that records the recipe it was trained with."""
-
-DEFAULT_CPU_DTYPE = "bfloat16"
-"""bf16 matmuls run ~6.7x faster than fp32 on the reference CPU; see docs/recipe.md for the quality check."""
-DEFAULT_GPU_DTYPE = "bfloat16"
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _ST_POOLING = {"pooling_mode_lasttoken": "last", "pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls"}
@@ -146,9 +142,13 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def resolve_dtype(dtype: DTypeLike, device: str) -> torch.dtype:
-    """Map ``"float32" | "bfloat16" | "float16" | torch.dtype | None`` to a torch dtype."""
+    """Map ``"float32" | "bfloat16" | "float16" | torch.dtype | None`` to a torch dtype.
+
+    None picks :func:`bmrag.hardware.default_dtype`: bf16 on GPUs and on CPUs with native bf16 matmuls
+    (quality checked in docs/recipe.md), fp32 on CPUs that would only emulate bf16.
+    """
     if dtype is None:
-        dtype = DEFAULT_GPU_DTYPE if device.startswith("cuda") else DEFAULT_CPU_DTYPE
+        dtype = hardware.default_dtype(device)
     if isinstance(dtype, torch.dtype):
         if dtype not in _DTYPES.values():
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype}")
@@ -266,7 +266,8 @@ class BMRetrieverEncoder:
         Args:
             model_name_or_path: What to load (see above).
             revision: Hub revision (branch, tag or commit) to pin.
-            dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` or a torch dtype. Default bf16.
+            dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` or a torch dtype. Default: bf16 on GPUs and on
+                CPUs with AMX/AVX512-BF16, fp32 on other CPUs (:func:`bmrag.hardware.default_dtype`).
             device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default cuda when available.
             max_length: Tokens per text including the EOS (default 512).
             pooling: ``"last"``, ``"mean"`` or ``"cls"``.

@@ -44,7 +44,7 @@ from llama_index.core.llms import LLM
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 
-from bmrag import models
+from bmrag import hardware, models
 
 logger = logging.getLogger(__name__)
 
@@ -142,15 +142,17 @@ class LocalLLM(CustomLLM):
     as one user message; ``complete(prompt, formatted=True)`` sends it verbatim.
 
     Example:
-        >>> llm = LocalLLM()                                  # SmolLM2-135M-Instruct, bf16 on CPU
+        >>> llm = LocalLLM()                                  # SmolLM2-135M-Instruct, greedy
         >>> llm.complete("What does aspirin inhibit?").text   # doctest: +SKIP
     """
 
     model_name: str = Field(default=DEFAULT_LOCAL_MODEL,
                             description="Offline alias, local Hugging Face directory or Hub id of an instruct model.")
-    dtype: Literal["bfloat16", "float32"] = Field(
-        default="bfloat16",
-        description="Weights dtype; bf16 runs ~3x faster on CPUs with AMX and gave the same answers as fp32.")
+    dtype: Literal["bfloat16", "float32"] | None = Field(
+        default=None,
+        description="Weights dtype; None picks bf16 on GPUs and CPUs with native bf16 matmuls (~3x faster there, "
+                    "same answers as fp32) and fp32 on other CPUs (bf16 is emulated and far slower there); "
+                    "filled in with the dtype used.")
     max_new_tokens: int = Field(default=DEFAULT_MAX_NEW_TOKENS, gt=0, description="Generation budget per answer.")
     context_window: int = Field(default=DEFAULT_CONTEXT_WINDOW, gt=0,
                                 description="Prompt + answer tokens the chain may use.")
@@ -169,6 +171,8 @@ class LocalLLM(CustomLLM):
         unknown = sorted(set(kwargs) - set(valid))
         if unknown:
             raise TypeError(f"LocalLLM got unknown keyword argument(s) {unknown}; valid: {', '.join(valid)}")
+        if kwargs.get("dtype") is None:
+            kwargs["dtype"] = hardware.default_dtype(kwargs.get("device") or "cpu")
         super().__init__(**kwargs)
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -390,9 +394,11 @@ class Generator:
 
     def describe(self) -> dict[str, Any]:
         """Backend, model and endpoint, as reported in ``bmrag ask`` output."""
-        return {"backend": self.backend, "model": self.model, "endpoint": self.endpoint,
-                "max_new_tokens": self.max_new_tokens, "context_window": self.context_window,
-                "decoding": "greedy"}
+        out = {"backend": self.backend, "model": self.model, "endpoint": self.endpoint,
+               "max_new_tokens": self.max_new_tokens, "context_window": self.context_window, "decoding": "greedy"}
+        if isinstance(self.llm, LocalLLM):
+            out["dtype"] = self.llm.dtype  # hardware-dependent default (bmrag.hardware), so always reported
+        return out
 
     def count_tokens(self, text: str) -> int:
         """Token count in the generator's vocabulary when known locally, else a conservative estimate."""
@@ -458,7 +464,7 @@ def load_generator(backend: str = "local", **options: Any) -> Generator:
             if options.get(name) is not None:
                 raise ValueError(f"{name} applies to the vllm backend only, not to backend='local'")
         llm = LocalLLM(model_name=options.get("model") or DEFAULT_LOCAL_MODEL,
-                       dtype=options.get("dtype") or "bfloat16", device=options.get("device") or "cpu",
+                       dtype=options.get("dtype"), device=options.get("device") or "cpu",
                        threads=options.get("threads"),
                        max_new_tokens=max_new_tokens, context_window=context_window)
         return Generator(llm=llm, backend="local", model=llm.model_name, endpoint=str(llm.path),

@@ -53,7 +53,7 @@ def lora_target_modules(model_type: str, targets: LoraTargets) -> list[str]:
 def build_encoder(
     model_name_or_path: str,
     *,
-    dtype: str = "bfloat16",
+    dtype: str | None = None,
     device: str | None = None,
     lora: bool = True,
     lora_r: int = 16,
@@ -68,7 +68,8 @@ def build_encoder(
 ) -> BMRetrieverEncoder:
     """Load a base decoder with ``BMRetrieverEncoder.from_pretrained`` and make it trainable.
 
-    With ``lora`` the base weights stay frozen in ``dtype`` and the adapters train in fp32 (peft casts
+    With ``lora`` the base weights stay frozen in ``dtype`` (None or ``"auto"``: the encoder's hardware
+    default, :func:`bmrag.hardware.default_dtype`) and the adapters train in fp32 (peft casts
     them up); without it every weight trains (use ``dtype="float32"`` then). ``init_adapter`` continues
     training a saved adapter (Stage II from Stage I); its rank and targets win over the arguments.
     ``normalize`` sets the recipe's L2 normalisation (None keeps the base's), so the loss sees the vectors
@@ -76,7 +77,8 @@ def build_encoder(
     """
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    base_encoder = BMRetrieverEncoder.from_pretrained(model_name_or_path, dtype=dtype, device=device)
+    base_encoder = BMRetrieverEncoder.from_pretrained(model_name_or_path, dtype=None if dtype == "auto" else dtype,
+                                                      device=device)
     base = base_encoder.model
     if gradient_checkpointing:
         base.config.use_cache = False

@@ -8,7 +8,7 @@ import time
 import pytest
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
 
-from bmrag import generate
+from bmrag import generate, hardware
 
 
 def closed_port() -> int:
@@ -117,7 +117,9 @@ def test_generator_describes_what_runs(llm):
     gen = generate.Generator(llm=llm, backend="local", model=llm.model_name, endpoint=str(llm.path),
                              max_new_tokens=24, context_window=2048)
     assert gen.describe() == {"backend": "local", "model": "SmolLM2-135M-Instruct", "endpoint": str(llm.path),
-                              "max_new_tokens": 24, "context_window": 2048, "decoding": "greedy"}
+                              "max_new_tokens": 24, "context_window": 2048, "decoding": "greedy",
+                              "dtype": llm.dtype}
+    assert llm.dtype == hardware.default_dtype("cpu")
     text = "Aspirin irreversibly inhibits cyclooxygenase-1 in platelets."
     assert gen.count_tokens(gen.truncate(text, 5)) == 5
 

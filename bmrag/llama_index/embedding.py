@@ -77,7 +77,8 @@ class BMRetrieverEmbedding(BaseEmbedding):
     model_name: str = Field(description="Model loaded: Hub id, local path or offline alias (see bmrag.models).")
     revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit) to pin.")
     dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
-        default=None, description="Weights dtype; default bfloat16 (filled in with the dtype used).")
+        default=None, description="Weights dtype; default bf16 on GPUs and bf16-capable CPUs, else fp32 "
+                                  "(bmrag.hardware.default_dtype; filled in with the dtype used).")
     device: str | None = Field(default=None, description="'cpu', 'cuda', 'cuda:1'...; default cuda when available.")
     max_length: int | None = Field(default=None, description="Tokens per text including EOS (recipe: 512).")
     pooling: Literal["last", "mean", "cls"] | None = Field(default=None, description="Pooling (recipe: last).")
