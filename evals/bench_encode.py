@@ -48,16 +48,23 @@ from typing import Any, Literal, get_args
 import numpy as np
 import torch
 
+from bmrag import hardware as bmrag_hardware
 from bmrag.encoder import BMRetrieverEncoder
 from bmrag.readers import load_corpus
 
 logger = logging.getLogger("bench_encode")
 
-ConfigName = Literal["bmrag-fp32", "bmrag-bf16", "st-fp32", "st-bf16", "bmrag-bf16-compiled"]
+ConfigName = Literal["bmrag-fp32", "bmrag-bf16", "st-fp32", "st-bf16", "bmrag-bf16-compiled", "bmrag-fp32-compiled"]
 CONFIGS: tuple[str, ...] = get_args(ConfigName)
-DEFAULT_CONFIGS = ("bmrag-fp32", "bmrag-bf16", "st-fp32", "st-bf16")
-"""``bmrag-bf16-compiled`` (``from_pretrained(torch_compile=True)``) is opt-in: compiling takes minutes on 2 cores."""
+DEFAULT_CONFIGS = (("bmrag-fp32", "bmrag-bf16", "st-fp32", "st-bf16") if bmrag_hardware.cpu_has_bf16_matmul()
+                   else ("bmrag-fp32", "st-fp32"))
+"""bf16 configurations only where the CPU has native bf16 matmuls: elsewhere bf16 is emulated (~50x slower than
+fp32) and is neither bmrag's default nor worth timing. The ``-compiled`` configurations
+(``from_pretrained(torch_compile=True)``) are opt-in: compiling takes minutes on 2 cores."""
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+EMULATED_PEAK_SIZE = (512, 2)
+"""Matmul size and repeats for a dtype the CPU only emulates (bf16 without AMX/AVX512-BF16): 2048^3 x 20 would
+take ~10 minutes at ~1 GFLOP/s; 512^3 x 2 shows the order of magnitude in a second."""
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scifact"
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
@@ -330,6 +337,7 @@ def summarise(runner: Runner, flop_model: FlopModel, peaks: Mapping[str, float])
         "docs_per_s": len(runner.lengths) / median, "tokens_per_s": n_tokens / median,
         "tflops_achieved": achieved, "gflop_total": flops / 1e9,
         "mfu_vs_bf16_peak": achieved / peaks["bf16"] if "bf16" in peaks else None,
+        "mfu_vs_best_peak": achieved / max(peaks.values()),
         "mfu_vs_fp32_peak": achieved / peaks["fp32"] if "fp32" in peaks else None,
         "padded_tokens": padded_tokens, "padding_efficiency": n_tokens / padded_tokens,
         "tflops_executed_incl_pads": executed,
@@ -369,7 +377,7 @@ def parity(runners: Mapping[str, Runner], max_length: int, no_eos: dict[str, Any
             "truncated": compare(ours.vectors, theirs.vectors, ~full),
         }
     for ours, ref in (("bmrag-bf16", "bmrag-fp32"), ("bmrag-bf16-compiled", "bmrag-fp32"),
-                      ("bmrag-bf16-compiled", "bmrag-bf16")):
+                      ("bmrag-bf16-compiled", "bmrag-bf16"), ("bmrag-fp32-compiled", "bmrag-fp32")):
         if ours in runners and ref in runners:
             all_rows = np.ones(len(runners[ref].lengths), dtype=bool)
             out[f"{ours} vs {ref}"] = {"all": compare(runners[ours].vectors, runners[ref].vectors, all_rows)}
@@ -417,6 +425,7 @@ def versions() -> dict[str, str]:
 def hardware(device: str) -> dict[str, Any]:
     info: dict[str, Any] = {
         "cpu_model": cpu_model(), "logical_cpus": os.cpu_count(), "cpu_flags": cpu_flags(),
+        "native_bf16": bmrag_hardware.cpu_has_bf16_matmul(),
         "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "mkldnn": torch.backends.mkldnn.is_available(), "device": device,
@@ -442,14 +451,17 @@ def write_markdown(path: Path, result: Mapping[str, Any]) -> None:
         f"Run {result['created']}.",
         "",
         "| config | dtype | median s | runs (s) | docs/s | tokens/s | TFLOP/s | MFU vs bf16 peak | "
-        "MFU vs fp32 peak | real/padded tokens | executed incl. pads vs own-dtype peak |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "MFU vs fp32 peak | MFU vs best peak | real/padded tokens | executed incl. pads vs own-dtype peak |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in res.items():
         fp32_mfu = f"{r['mfu_vs_fp32_peak']:.0%}" if r["dtype"] == "fp32" and r["mfu_vs_fp32_peak"] else "-"
+        # Against an emulated bf16 peak (~1 GFLOP/s without AMX/AVX512-BF16) the ratio is meaningless.
+        bf16_mfu = f"{r['mfu_vs_bf16_peak']:.1%}" if hw.get("native_bf16", True) or hw["device"] != "cpu" else "-"
         lines.append(f"| {name} | {r['dtype']} | {r['median_s']:.1f} | {', '.join(f'{t:.1f}' for t in r['times_s'])}"
                      f" | {r['docs_per_s']:.2f} | {r['tokens_per_s']:,.0f} | {r['tflops_achieved']:.3f} | "
-                     f"{r['mfu_vs_bf16_peak']:.1%} | {fp32_mfu} | {r['padding_efficiency']:.0%} | "
+                     f"{bf16_mfu} | {fp32_mfu} | {r['mfu_vs_best_peak']:.1%} | "
+                     f"{r['padding_efficiency']:.0%} | "
                      f"{r['hfu_vs_peak_of_dtype']:.0%} |")
     lines += ["", "## Headline ratios (docs/s; same passages, same batch size, same run)", "",
               "| ratio | value | target |", "|---|---|---|"]
@@ -458,8 +470,8 @@ def write_markdown(path: Path, result: Mapping[str, Any]) -> None:
         verdict = f">= {TARGET_SPEEDUP}x: {'met' if target['met'] else 'missed'}" if target else "(no target)"
         lines.append(f"| {name} | **{ratio:.2f}x** | {verdict} |")
     for name, t in result["targets"]["mfu"].items():
-        lines.append(f"| {name} MFU vs bf16 matmul peak | **{t['value']:.1%}** | >= {TARGET_MFU:.0%}: "
-                     f"{'met' if t['met'] else 'missed'} |")
+        lines.append(f"| {name} MFU vs the fastest matmul peak ({t['peak_dtype']}) | **{t['value']:.1%}** | "
+                     f">= {TARGET_MFU:.0%}: {'met' if t['met'] else 'missed'} |")
     samples = result["peak_samples_tflops"]
     lines += ["", "## Matmul peak (measured in this run, same threads)", "",
               f"Sampled {len(samples)} times (before, between and after the rounds); the best sample is the MFU "
@@ -491,7 +503,8 @@ def write_markdown(path: Path, result: Mapping[str, Any]) -> None:
               "characters, bmrag by tokens; the `real/padded tokens` column above is the same quantity for the "
               "subset that was timed.", "",
               "## Machine", "",
-              f"- CPU: {hw['cpu_model']}, {hw['logical_cpus']} logical CPUs, flags {', '.join(hw['cpu_flags'])}",
+              f"- CPU: {hw['cpu_model']}, {hw['logical_cpus']} logical CPUs, flags {', '.join(hw['cpu_flags'])}; "
+              f"native bf16 matmuls: {'yes' if hw.get('native_bf16') else 'no (bf16 is emulated)'}",
               f"- torch threads {hw['torch_threads']} (interop {hw['torch_interop_threads']}), "
               f"capability {hw['cpu_capability']}, device {hw['device']}" + (f" ({hw['gpu']})" if "gpu" in hw else "")
               + f", threading environment {hw['env'] or 'unset (defaults)'}",
@@ -518,7 +531,7 @@ def write_plot(path: Path, result: Mapping[str, Any]) -> bool:
     fig, ax = plt.subplots(figsize=(6, 3.2), dpi=120)
     bars = ax.bar(names, values, color=colours)
     for bar, name in zip(bars, names):
-        mfu = result["configs"][name]["mfu_vs_bf16_peak"]
+        mfu = result["configs"][name]["mfu_vs_best_peak"]
         ax.annotate(f"{bar.get_height():,.0f}\nMFU {mfu:.0%}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                     ha="center", va="bottom", fontsize=8)
     ax.set_ylabel("tokens / s")
@@ -625,8 +638,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         peak_samples: list[dict[str, Any]] = []
 
         def sample_peak() -> None:
-            sample = {k: measure_matmul_peak(v, args.device, args.peak_size, args.peak_repeats)
-                      for k, v in DTYPES.items()}
+            sample = {}
+            for key, dtype in DTYPES.items():
+                emulated = (args.device == "cpu" and dtype == torch.bfloat16
+                            and not bmrag_hardware.cpu_has_bf16_matmul())
+                size, repeats = EMULATED_PEAK_SIZE if emulated else (args.peak_size, args.peak_repeats)
+                sample[key] = measure_matmul_peak(dtype, args.device, size, repeats)
             peak_samples.append(sample)
             logger.info("matmul peak: %s", ", ".join(f"{k} {v['tflops']:.3f} TFLOP/s" for k, v in sample.items()))
 
@@ -642,14 +659,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ratios: dict[str, float] = {}
     for ours, theirs in (("bmrag-bf16", "st-fp32"), ("bmrag-bf16", "st-bf16"), ("bmrag-fp32", "st-fp32"),
-                         ("bmrag-bf16-compiled", "st-bf16"), ("bmrag-bf16-compiled", "bmrag-bf16")):
+                         ("bmrag-bf16-compiled", "st-bf16"), ("bmrag-bf16-compiled", "bmrag-bf16"),
+                         ("bmrag-fp32-compiled", "st-fp32"), ("bmrag-fp32-compiled", "bmrag-fp32")):
         if ours in configs and theirs in configs:
             ratios[f"{ours} / {theirs}"] = configs[ours]["docs_per_s"] / configs[theirs]["docs_per_s"]
     targets: dict[str, Any] = {"speedup": {k: {"value": v, "target": TARGET_SPEEDUP, "met": v >= TARGET_SPEEDUP}
                                            for k, v in ratios.items() if " / st-" in k}}
-    targets["mfu"] = {name: {"value": configs[name]["mfu_vs_bf16_peak"], "target": TARGET_MFU,
-                             "met": configs[name]["mfu_vs_bf16_peak"] >= TARGET_MFU}
-                      for name in ("bmrag-bf16", "bmrag-bf16-compiled") if name in configs}
+    # The MFU target is against the machine's fastest matmul: bf16 with AMX/AVX512-BF16, fp32 where bf16 is emulated.
+    best_dtype = max(peak_values, key=peak_values.get)
+    targets["mfu"] = {name: {"value": configs[name]["mfu_vs_best_peak"], "target": TARGET_MFU,
+                             "peak_dtype": best_dtype, "met": configs[name]["mfu_vs_best_peak"] >= TARGET_MFU}
+                      for name in configs if name.startswith(f"bmrag-{best_dtype}")}
 
     result = {
         "benchmark": "bench_encode",
@@ -684,7 +704,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f", {args.out_dir / f'{args.tag}.png'}" if plotted else "")
     for name, r in configs.items():
         print(f"{name:11s} {r['tokens_per_s']:8,.0f} tok/s {r['docs_per_s']:7.2f} docs/s  "
-              f"MFU(bf16 peak) {r['mfu_vs_bf16_peak']:.1%}")
+              f"MFU(best peak, {best_dtype}) {r['mfu_vs_best_peak']:.1%}")
     for name, ratio in ratios.items():
         print(f"{name}: {ratio:.2f}x")
     return 0
