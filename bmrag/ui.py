@@ -444,7 +444,9 @@ class DemoService:
         gen = self.generator
         if gen is not None:
             where = f" at {gen.endpoint}" if gen.backend == "vllm" else ""
-            generator = f"{gen.backend} backend, {gen.model}{where} (greedy, up to {gen.max_new_tokens} tokens)"
+            dtype = gen.describe().get("dtype")  # local only: the hardware's default unless chosen
+            generator = (f"{gen.backend} backend, {gen.model}{where} (greedy{f', {dtype}' if dtype else ''}, "
+                         f"up to {gen.max_new_tokens} tokens)")
         else:
             generator = f"{self.config.backend} backend, **unavailable**"
         return (f"**Retriever:** {self.retriever_model} · **Generator:** {generator} · "

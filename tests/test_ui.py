@@ -200,3 +200,13 @@ def test_app_defaults_match_the_library_and_building_the_cli_stays_light():
     code = "import sys, bmrag.cli; bmrag.cli.build_parser(); print('llama_index.core' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr  # `bmrag --help` must not import the generation stack
+
+
+def test_status_line_names_the_dtype_of_the_embedded_generator(index_dir):
+    from bmrag import generate, hardware
+
+    svc = DemoService(AppConfig(index_dir=index_dir), generator=generate.load_generator("local", max_new_tokens=8))
+    try:
+        assert f"(greedy, {hardware.default_dtype('cpu')}, up to 8 tokens)" in svc.status_line()
+    finally:
+        svc.close()
