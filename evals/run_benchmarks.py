@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from bmrag import hardware
 from bmrag.evaluation import DATASETS, build_leaderboard, evaluate_retrieval, evaluate_sts
 from bmrag.evaluation.run import print_summary, result_filename, write_result
 
@@ -39,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", required=True, help="bm25, offline aliases, Hub ids or paths")
     parser.add_argument("--datasets", nargs="+", default=DEFAULT_DATASETS, choices=list(DATASETS))
-    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                        help="default: bmrag.hardware.default_dtype (bfloat16 on GPUs and AMX/AVX512-BF16 CPUs, "
+                             "else float32)")
     parser.add_argument("--data", default=DEFAULT_DATA, help="data root (default $BMRAG_DATA or ../shared/data)")
     parser.add_argument("--results", default=str(REPO / "evals" / "results"), help="where result JSON files go")
     parser.add_argument("--cache-dir", default=None, help="embedding cache (default ~/.cache/bmrag/embeddings)")
@@ -48,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads; 1 is several times faster when other processes share the cores")
     args = parser.parse_args(argv)
+    if args.dtype is None:  # resolved here so finished runs are found under their dtype's file name
+        import torch
+
+        args.dtype = hardware.default_dtype("cuda" if torch.cuda.is_available() else "cpu")
     if args.threads:
         import torch
 
