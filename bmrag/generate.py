@@ -148,7 +148,7 @@ class LocalLLM(CustomLLM):
 
     model_name: str = Field(default=DEFAULT_LOCAL_MODEL,
                             description="Offline alias, local Hugging Face directory or Hub id of an instruct model.")
-    dtype: Literal["bfloat16", "float32"] | None = Field(
+    dtype: Literal["bfloat16", "float16", "float32"] | None = Field(
         default=None,
         description="Weights dtype; None picks bf16 on GPUs and CPUs with native bf16 matmuls (~3x faster there, "
                     "same answers as fp32) and fp32 on other CPUs (bf16 is emulated and far slower there); "
@@ -184,7 +184,7 @@ class LocalLLM(CustomLLM):
         if not getattr(self._tokenizer, "chat_template", None):
             raise ValueError(f"{self.model_name} ({self._path}) has no chat template; LocalLLM needs an "
                              "instruct model")
-        dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[self.dtype]
+        dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[self.dtype]
         self._model = AutoModelForCausalLM.from_pretrained(self._path, dtype=dtype).to(self.device).eval()
 
     @classmethod
