@@ -163,7 +163,9 @@ def to_markdown(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--index", default=None, help="demo index dir (default ~/.cache/bmrag/index/bench-demo)")
-    parser.add_argument("--threads", type=int, nargs="+", default=[2, 1], help="torch threads per local run")
+    parser.add_argument("--threads", type=int, nargs="*", default=[2, 1],
+                        help="torch threads per local run; none (a bare --threads) skips the embedded generator, "
+                             "so a vLLM run is not slowed by a second model in this process")
     parser.add_argument("--rounds", type=int, default=2, help="passes over the questions per configuration")
     parser.add_argument("-k", type=int, default=3, help="evidence passages per answer")
     parser.add_argument("--rerank", default="all-MiniLM-L6-v2", help="reranker model ('' to skip that config)")
@@ -188,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     pubmedqa = Path(args.pubmedqa)
     calibration = calibrate(index_dir, pubmedqa) if pubmedqa.is_file() else {"skipped": f"{pubmedqa} not found"}
     configs = []
+    count = None
     for threads in args.threads:
         gen = generate.load_generator("local", threads=threads, max_new_tokens=args.max_new_tokens)
         chain = QAChain.from_index(index_dir, k=args.k, generator=gen)
@@ -196,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                                   f"torch threads={threads}"))
         count = chain.store.count()
         chain.close()
-    if args.rerank:
+    if args.rerank and args.threads:
         threads = args.threads[-1]
         gen = generate.load_generator("local", threads=threads, max_new_tokens=args.max_new_tokens)
         chain = QAChain.from_index(index_dir, k=args.k, rerank=args.rerank, generator=gen)
@@ -211,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             configs.append(run_config(f"vLLM {gen.model}", chain, questions, args.rounds,
                                       f"vLLM OpenAI-compatible server at {args.api_base} (greedy; dtype as the "
                                       "server was started, bmrag serve-llm: the hardware default)"))
+            count = chain.store.count()
             chain.close()
         except generate.BackendUnavailable as err:
             configs.append({"name": "vLLM", "skipped": str(err), "note": "server not reachable"})
