@@ -400,14 +400,7 @@ def cpu_model() -> str:
 
 def cpu_flags() -> list[str]:
     wanted = {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8", "avx512_fp16"}
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
-    except OSError:
-        return []
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return sorted(wanted & set(line.split(":", 1)[1].split()))
-    return []
+    return sorted(wanted & bmrag_hardware.cpu_flags())
 
 
 def versions() -> dict[str, str]:
