@@ -22,15 +22,20 @@ BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 
 
 @functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU feature flags from ``/proc/cpuinfo`` (Linux); empty where that file does not exist."""
+def _cpuinfo(field: str) -> str | None:
+    """The value of the first ``field`` line of ``/proc/cpuinfo`` (Linux); None where there is none."""
     info = Path("/proc/cpuinfo")
     if not info.is_file():
-        return frozenset()
+        return None
     for line in info.read_text(encoding="utf-8", errors="replace").splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
+        if line.startswith(field):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags from ``/proc/cpuinfo`` (Linux); empty where that file does not exist."""
+    return frozenset((_cpuinfo("flags") or "").split())
 
 
 def cpu_has_bf16_matmul() -> bool:
@@ -61,13 +66,7 @@ def default_dtype(device: str) -> DTypeName:
 
 def describe_cpu() -> str:
     """One line naming the CPU and its matmul-relevant flags, for benchmark and result files."""
-    name = platform.processor() or platform.machine()
-    info = Path("/proc/cpuinfo")
-    if info.is_file():
-        for line in info.read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
+    name = _cpuinfo("model name") or platform.processor() or platform.machine()
     wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
     flags = [flag for flag in wanted if flag in cpu_flags()]
     return f"{name} ({', '.join(flags) or 'no AVX2/AVX512 flags'})"

@@ -51,13 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads; 1 is several times faster when other processes share the cores")
     args = parser.parse_args(argv)
-    if args.dtype is None:  # resolved here so finished runs are found under their dtype's file name
-        import torch
+    import torch
 
+    if args.dtype is None:  # resolved here so finished runs are found under their dtype's file name
         args.dtype = hardware.default_dtype("cuda" if torch.cuda.is_available() else "cpu")
     if args.threads:
-        import torch
-
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
