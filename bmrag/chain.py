@@ -14,6 +14,9 @@ and then:
 3. **Citations**: every ``[n]`` in the answer is checked against the evidence actually given
    (:func:`bmrag.citations.validate_citations`); invented or out-of-range ones are removed and reported.
    Cited passages are mapped to their document ids and links (PubMed for PMIDs).
+4. **Attribution** (``min_support``, on by default): sentences the model left uncited get the passage that
+   holds at least half of their content words, marked as added by bmrag; sentences no passage supports are
+   reported (:func:`attribute_answer`, :mod:`bmrag.attribution`).
 
 :class:`AskResult` records what ran (retriever, reranker, generator backend and model), the timings of
 each stage and every note (server down, a filter that matched nothing, removed citations).
@@ -24,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -36,6 +38,7 @@ from llama_index.core.schema import MetadataMode, NodeWithScore
 from llama_index.core.vector_stores.types import FilterCondition, FilterOperator, MetadataFilter, MetadataFilters
 
 from bmrag import citations
+from bmrag.attribution import MIN_SUPPORT, Attribution, attribute, split_sentences
 
 if TYPE_CHECKING:
     from bmrag.generate import Generator
@@ -324,6 +327,9 @@ class AskResult:
         generator: Backend, model, endpoint, decoding; None when unavailable.
         timings: Seconds for ``retrieval``, ``rerank``, ``generation`` and ``total``.
         answer_tokens: Tokens the generator produced, when the backend reports them.
+        attribution: Per-sentence support of the answer by the evidence (:mod:`bmrag.attribution`): which
+            passage contains most of each sentence's words, which citations bmrag added, which sentences no
+            passage supports; None when attribution is off or nothing was generated.
         notes: Human-readable notes (server down, filters matched nothing, uncited answer, ...).
     """
 
@@ -340,6 +346,7 @@ class AskResult:
     generator: dict[str, Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)
     answer_tokens: int | None = None
+    attribution: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -366,7 +373,8 @@ class AskResult:
             lines.append("\nSources:")
             for src in self.sources:
                 link = f"  {src['url']}" if src.get("url") else ""
-                lines.append(f"  [{src['number']}] {src['label']}{link}")
+                added = "  (citation added by word-overlap attribution)" if src.get("attributed") else ""
+                lines.append(f"  [{src['number']}] {src['label']}{link}{added}")
         if self.invalid_citations:
             removed = ", ".join(f"{c['marker']} ({c['reason']})" for c in self.invalid_citations)
             lines.append(f"\nRemoved citations (not among the evidence given): {removed}")
@@ -413,18 +421,28 @@ def _format_evidence(item: Evidence, chars: int) -> str:
     return f"  {tag} {item.label()}{link} (score {item.score:.3f}{fused})\n      {text}"
 
 
-def cited_sources(check: citations.CitationCheck, evidence: Sequence[Evidence]) -> list[dict[str, Any]]:
-    """The passages an answer cites, in citation order, as ``{number, doc_id, node_id, pmid, url, title, label}``."""
+def cited_sources(check: citations.CitationCheck, evidence: Sequence[Evidence],
+                  model_cited: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """The passages an answer cites, in citation order.
+
+    Args:
+        check: The checked answer.
+        evidence: The passages given, numbered.
+        model_cited: Numbers the model itself wrote (None: all of ``check.cited``); any other cited number
+            was added by attribution and is marked ``attributed``.
+
+    Returns:
+        ``{number, doc_id, node_id, pmid, url, title, label, attributed}`` per cited passage.
+    """
     by_number = {item.number: item for item in evidence}
+    written = set(check.cited if model_cited is None else model_cited)
     out = []
     for number in check.cited:
         item = by_number[number]
         out.append({"number": number, "doc_id": item.doc_id, "node_id": item.node_id, "pmid": item.pmid,
-                    "url": item.url, "title": item.title, "label": item.label()})
+                    "url": item.url, "title": item.title, "label": item.label(),
+                    "attributed": number not in written})
     return out
-
-
-_SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+|$)")
 
 
 def drop_repeated_sentences(text: str) -> tuple[str, int]:
@@ -436,8 +454,7 @@ def drop_repeated_sentences(text: str) -> tuple[str, int]:
     seen: set[str] = set()
     kept: list[str] = []
     removed = 0
-    for match in _SENTENCE.finditer(text):
-        sentence = match.group(0).strip()
+    for sentence in split_sentences(text):
         key = " ".join(sentence.lower().split())
         if not key:
             continue
@@ -447,6 +464,32 @@ def drop_repeated_sentences(text: str) -> tuple[str, int]:
         seen.add(key)
         kept.append(sentence)
     return (" ".join(kept), removed) if removed else (text.strip(), 0)
+
+
+def attribute_answer(check: citations.CitationCheck, evidence: Sequence[Evidence], texts: Sequence[str],
+                     min_support: float) -> tuple[citations.CitationCheck, Attribution, list[str]]:
+    """Add word-overlap citations to the uncited sentences of a checked answer (see :mod:`bmrag.attribution`).
+
+    Args:
+        check: The answer after :func:`bmrag.citations.validate_citations`.
+        evidence: The passages given, numbered ``1..k``.
+        texts: The passage texts as shown in the prompt (possibly trimmed), same order.
+        min_support: Share of a sentence's content words a passage must contain to be cited for it.
+
+    Returns:
+        The re-checked answer with the added citations, the per-sentence attribution, and notes for the user.
+    """
+    # The passages as the model saw them (title + trimmed text), so support means "was in the prompt".
+    shown = [f"{item.title} {text}" for item, text in zip(evidence, texts)]
+    attribution = attribute(check.text, shown, min_support=min_support)
+    notes = []
+    if attribution.added:
+        notes.append(f"bmrag added {len(attribution.added)} citation(s) "
+                     f"({', '.join(f'[{n}]' for n in attribution.added)}) to sentences the model left uncited: "
+                     f"the cited passage contains at least {min_support:.0%} of the sentence's content words")
+    notes += [f"no passage contains {min_support:.0%} of the content words of: {sentence!r}; check it against the "
+              "evidence" for sentence in attribution.unsupported]
+    return citations.validate_citations(attribution.text, len(evidence)), attribution, notes
 
 
 def _declined(answer: str) -> bool:
@@ -475,13 +518,16 @@ class QAChain:
             reciprocal-rank fusion (:mod:`bmrag.hybrid`). ``ask(hybrid=...)`` overrides it per question.
         fusion_depth: Hybrid only: hits each retriever contributes to the fusion (default
             ``max(candidates, HYBRID_DEPTH)``, i.e. at least 20); must be >= ``candidates``.
+        min_support: Citation attribution (:mod:`bmrag.attribution`): an answer sentence without a citation
+            gets ``[n]`` of the passage holding at least this share of its content words; sentences no passage
+            reaches are reported. None turns attribution off (only the model's own citations count).
     """
 
     def __init__(self, store: BMRagChromaVectorStore, embed_model: BMRetrieverEmbedding,
                  generator: Generator | None, *, reranker: BMRetrieverReranker | None = None, k: int = 5,
                  candidates: int | None = None, min_score: float | Literal["auto"] | None = "auto",
                  generator_error: str | None = None, index_label: str | None = None, hybrid: bool = False,
-                 fusion_depth: int | None = None) -> None:
+                 fusion_depth: int | None = None, min_support: float | None = MIN_SUPPORT) -> None:
         from llama_index.core import VectorStoreIndex
 
         from bmrag.hybrid import HYBRID_DEPTH
@@ -495,6 +541,9 @@ class QAChain:
             raise ValueError("pass a generator, or generator_error saying why there is none")
         if not isinstance(hybrid, bool):
             raise ValueError(f"hybrid must be True or False, got {hybrid!r}")
+        if min_support is not None and not 0.0 <= min_support <= 1.0:
+            raise ValueError(f"min_support must be between 0 and 1 (or None: no attribution), got {min_support}")
+        self.min_support = min_support
         fusion_depth = fusion_depth if fusion_depth is not None else max(candidates, HYBRID_DEPTH)
         if fusion_depth < candidates:
             raise ValueError(f"fusion_depth ({fusion_depth}) must be >= candidates ({candidates})")
@@ -521,7 +570,7 @@ class QAChain:
                    min_score: float | Literal["auto"] | None = "auto", max_new_tokens: int | None = None,
                    health_timeout: float | None = None, threads: int | None = None,
                    generator: Generator | None = None, hybrid: bool = False,
-                   fusion_depth: int | None = None) -> QAChain:
+                   fusion_depth: int | None = None, min_support: float | None = MIN_SUPPORT) -> QAChain:
         """Open an index with the model recorded in its manifest and set up the generator.
 
         Args:
@@ -540,6 +589,7 @@ class QAChain:
             generator: An already-built generator (then backend/llm_model/api_base must not be given).
             hybrid: Default retrieval mode of :meth:`ask` (see :class:`QAChain`).
             fusion_depth: Hybrid only: hits per retriever fed to the fusion (see :class:`QAChain`).
+            min_support: Citation attribution threshold, None for none (see :class:`QAChain`).
 
         A vLLM server that does not answer does not raise: the chain is built without a generator and each
         ``ask`` returns the evidence with status ``generator_unavailable`` and the reason.
@@ -575,6 +625,7 @@ class QAChain:
                 reranker = BMRetrieverReranker(model_name=rerank, top_n=candidates)
             return cls(store, embed_model, generator, reranker=reranker, k=k, candidates=candidates,
                        min_score=min_score, generator_error=error, hybrid=hybrid, fusion_depth=fusion_depth,
+                       min_support=min_support,
                        index_label=f"{index_dir} (collection {collection!r}, {manifest['count']} passages)")
         except BaseException:
             store.close()
@@ -698,7 +749,8 @@ class QAChain:
             result.status = "generator_unavailable"
         else:
             t = time.perf_counter()
-            messages = build_messages(question, given, fit_texts(question, given, self.generator))
+            texts = fit_texts(question, given, self.generator)
+            messages = build_messages(question, given, texts)
             generation = self.generator.generate(messages)
             result.timings["generation"] = time.perf_counter() - t
             raw = generation.text
@@ -710,12 +762,17 @@ class QAChain:
                 result.notes.append(f"the answer hit the generation budget ({self.generator.max_new_tokens} "
                                     "tokens) and may end mid-sentence")
             check = citations.validate_citations(text, len(given))
-            result.raw_answer, result.answer = raw, check.text
-            result.sources = cited_sources(check, given)
             result.invalid_citations = [asdict(c) for c in check.invalid]
+            written = list(check.cited)
             if _declined(raw):
                 result.status = "model_declined"
-            elif not check.cited:
+            elif self.min_support is not None:
+                check, attribution, notes = attribute_answer(check, given, texts, self.min_support)
+                result.attribution = attribution.to_dict()
+                result.notes += notes
+            result.raw_answer, result.answer = raw, check.text
+            result.sources = cited_sources(check, given, written)
+            if result.status != "model_declined" and not check.cited:
                 result.notes.append("the answer cites none of the evidence passages: check it against them")
         result.timings.setdefault("generation", 0.0)
         result.timings["total"] = time.perf_counter() - start

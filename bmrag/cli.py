@@ -339,6 +339,7 @@ COMMANDS.extend([_add_index, _add_search, _add_demo])
 
 # ------------------------------------------------------------------------------------- ask / serve-llm
 def _run_ask(args: argparse.Namespace) -> int:
+    from bmrag.attribution import MIN_SUPPORT
     from bmrag.chain import QAChain
     from bmrag.demo import default_index_dir
 
@@ -353,7 +354,8 @@ def _run_ask(args: argparse.Namespace) -> int:
                                candidates=args.candidates, rerank=args.rerank, backend=args.backend,
                                llm_model=args.llm_model, api_base=args.api_base, min_score=min_score,
                                max_new_tokens=args.max_new_tokens, health_timeout=args.health_timeout,
-                               threads=args.threads, hybrid=args.hybrid)
+                               threads=args.threads, hybrid=args.hybrid,
+                               min_support=None if args.no_attribution else MIN_SUPPORT)
     try:
         result = chain.ask(args.question, year_min=args.year_min, year_max=args.year_max, pub_types=args.pub_type)
     finally:
@@ -409,6 +411,9 @@ def _add_ask(sub: argparse._SubParsersAction) -> None:
                                 "none for dot-product models, which have no calibrated threshold)")
     threshold.add_argument("--no-score-threshold", action="store_true", help="give the top-k passages whatever "
                                                                               "their score")
+    parser.add_argument("--no-attribution", action="store_true",
+                        help="show only the citations the model wrote (default: sentences it left uncited get the "
+                             "passage holding >= 50%% of their content words, marked as added; see docs/qa-chain.md)")
     parser.add_argument("--json", action="store_true", help="print the full result as JSON")
     parser.set_defaults(func=_run_ask)
 

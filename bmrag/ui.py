@@ -218,6 +218,8 @@ class EvidenceRow:
     Attributes:
         number: ``n`` of ``[n]`` in the prompt and the answer.
         cited: Whether the (checked) answer cites it.
+        attributed: Cited only through bmrag's word-overlap attribution, not by the model (see
+            :mod:`bmrag.attribution`).
         title: Document title.
         source_id: ``PMID 123`` or the document id.
         url: PubMed link for PMIDs (or the document's own URL), else None.
@@ -238,6 +240,7 @@ class EvidenceRow:
     year: int | None = None
     pub_type: str | None = None
     corpus: str | None = None
+    attributed: bool = False
 
 
 def evidence_rows(result: AskResult, metadata: dict[str, dict[str, Any]] | None = None) -> list[EvidenceRow]:
@@ -249,6 +252,7 @@ def evidence_rows(result: AskResult, metadata: dict[str, dict[str, Any]] | None 
     """
     metadata = metadata or {}
     cited = [src["number"] for src in result.sources]
+    added = {src["number"] for src in result.sources if src.get("attributed")}
     order = cited + [item.number for item in result.evidence if item.number not in cited]
     by_number = {item.number: item for item in result.evidence}
     rows = []
@@ -259,7 +263,7 @@ def evidence_rows(result: AskResult, metadata: dict[str, dict[str, Any]] | None 
         rows.append(EvidenceRow(number=number, cited=number in cited, title=item.title, source_id=item.label(),
                                 url=item.url, text=item.text, score=item.score, year=item.year,
                                 pub_type=str(pub_type) if pub_type not in (None, "") else None,
-                                corpus=meta.get("source")))
+                                corpus=meta.get("source"), attributed=number in added))
     return rows
 
 
@@ -278,8 +282,10 @@ def render_evidence(rows: Sequence[EvidenceRow], *, empty: str = "No evidence ye
                 f"<span>type {html.escape(row.pub_type) if row.pub_type else 'n/a'}</span>"]
         if row.corpus:
             meta.append(f"<span>{html.escape(row.corpus)}</span>")
-        badge = ('<span class="bm-badge bm-cited">cited</span>' if row.cited
-                 else '<span class="bm-badge">given, not cited</span>')
+        badge = ('<span class="bm-badge">given, not cited</span>' if not row.cited
+                 else '<span class="bm-badge bm-cited" title="the model wrote no citation; bmrag cited the passage '
+                      'holding most of the sentence\'s words">cited (word overlap)</span>' if row.attributed
+                 else '<span class="bm-badge bm-cited">cited</span>')
         title = html.escape(row.title) if row.title else "<i>no title</i>"
         cards.append(
             f'<div class="bm-card" id="evidence-{row.number}" data-number="{row.number}" '
@@ -728,7 +734,7 @@ def run_smoke(service: DemoService, question: str, *, top_k: int | None = None, 
     print(f"\nAnswer: {_plain(final.answer)}", file=out)
     for row in final.evidence:
         link = f" {row.url}" if row.url else ""
-        mark = "cited" if row.cited else "not cited"
+        mark = ("cited by word overlap" if row.attributed else "cited") if row.cited else "not cited"
         print(f"  [{row.number}] {row.source_id}{link} score {row.score:.3f} ({mark}): {row.title}", file=out)
     if final.message:
         print(f"\n{_plain(final.message)}", file=out)

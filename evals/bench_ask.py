@@ -44,6 +44,8 @@ NOT_COVERED = (
     "What is the prognosis of pancreatic cancer?", "Can vitamin B12 deficiency cause neuropathy?",
 )
 """Medical questions the demo corpus does not answer (checked by reading its top hits)."""
+WARM_UP = "What is aspirin used for?"
+"""Asked once before timing starts; not among QUESTIONS, so no timed question is in a server's prefix cache."""
 STAGES = ("retrieval", "rerank", "generation", "total")
 TARGET_P95_S = 3.0
 
@@ -73,8 +75,14 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "meets_target": percentile([r["timings"]["total"] for r in runs], 0.95) <= TARGET_P95_S}
 
 
+def first_asks(runs: list[dict[str, Any]], n_questions: int) -> dict[str, float]:
+    """Total p50/p95 of round 1 only: vLLM caches prompt prefixes, so a repeated question skips its prefill."""
+    totals = [r["timings"]["total"] for r in runs[:n_questions]]
+    return {"n": len(totals), "p50": round(percentile(totals, 0.5), 3), "p95": round(percentile(totals, 0.95), 3)}
+
+
 def run_config(name: str, chain: Any, questions: list[str], rounds: int, note: str) -> dict[str, Any]:
-    chain.ask(questions[0])  # warm-up: first-call allocations and caches are not what users wait for
+    chain.ask(WARM_UP)  # first-call allocations are not what users wait for
     runs = []
     for _ in range(rounds):
         for question in questions:
@@ -85,6 +93,7 @@ def run_config(name: str, chain: Any, questions: list[str], rounds: int, note: s
                          "removed": [c["marker"] for c in result.invalid_citations], "answer": result.answer})
             print(f"  {name}: {result.timings['total']:.2f} s  {result.status:9s} {question[:50]}", flush=True)
     summary = summarise(runs)
+    summary["first_asks"] = first_asks(runs, len(questions))
     return {"name": name, "note": note, "generator": chain.generator.describe(),
             "reranker": chain.reranker.model_name if chain.reranker else None, "summary": summary, "runs": runs}
 
@@ -132,19 +141,22 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"load average at start {result['machine']['load_at_start']}, Python {result['machine']['python']}. "
         f"Index: bundled demo corpus ({result['index_passages']} passages), retriever all-MiniLM-L6-v2, "
         f"k={result['k']}. "
-        f"{len(result['questions'])} questions x {result['rounds']} rounds after one warm-up ask. "
+        f"{len(result['questions'])} questions x {result['rounds']} rounds after one warm-up ask "
+        f"({result.get('warm_up', 'the first question')!r}); first asks = round 1 only. "
         f"Target: p95 total <= {TARGET_P95_S:g} s.",
         "",
         "| configuration | retrieval p50 / p95 | rerank p50 / p95 | generation p50 / p95 | total p50 / p95 | "
-        "answer tokens | valid citation | removed citation | p95 <= 3 s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "first asks: total p50 / p95 | answer tokens | valid citation | removed citation | p95 <= 3 s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for config in result["configs"]:
         if "skipped" in config:
-            lines.append(f"| {config['name']} | skipped: {config['skipped']} | | | | | | | |")
+            lines.append(f"| {config['name']} | skipped: {config['skipped']} | | | | | | | | |")
             continue
         s = config["summary"]
         cells = [f"{s['seconds'][st]['p50']:.2f} / {s['seconds'][st]['p95']:.2f}" for st in STAGES]
+        first = s.get("first_asks")
+        cells.append(f"{first['p50']:.2f} / {first['p95']:.2f}" if first else "-")
         lines.append(f"| {config['name']} | " + " | ".join(cells) + f" | {s['answer_tokens_mean']} | "
                      f"{s['answers_with_valid_citation']}/{s['n']} | {s['answers_with_removed_citation']}/{s['n']} | "
                      f"{'yes' if s['meets_target'] else 'no'} |")
@@ -223,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {
         "benchmark": "bench_ask", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "k": args.k, "rounds": args.rounds,
-        "questions": questions, "index": str(index_dir), "index_passages": count, "target_p95_s": TARGET_P95_S,
+        "questions": questions, "warm_up": WARM_UP, "index": str(index_dir), "index_passages": count,
+        "target_p95_s": TARGET_P95_S,
         "machine": {"cpus": os.cpu_count(), "processor": hardware.describe_cpu(),
                     "python": platform.python_version(), "load_at_start": round(load, 2) if load else None},
         "command": " ".join(["python", "evals/bench_ask.py", *(argv if argv is not None else sys.argv[1:])]),

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from bmrag import chain as qa
-from bmrag.citations import validate_citations
+from bmrag.citations import parse_citations, validate_citations
 
 CORPUS = {
     "pmid-metformin": {"title": "Metformin in type 2 diabetes",
@@ -226,6 +226,11 @@ def test_embedded_generator_answers_from_two_passages_with_a_valid_citation(inde
     cited = {s["doc_id"] for s in result.sources}
     assert cited <= {e.doc_id for e in result.evidence}
     assert "pmid-metformin" in cited, result.raw_answer
+    # Each sentence was scored against the passages shown; a citation the model did not write is marked.
+    rows = result.attribution["sentences"]
+    assert rows and all(0.0 <= r["support"] <= 1.0 for r in rows)
+    written = {n for _, numbers in parse_citations(result.raw_answer) for n in numbers or []}
+    assert all(s["attributed"] == (s["number"] not in written) for s in result.sources)
     assert result.timings["generation"] > 0
     assert "local backend, SmolLM2-135M-Instruct, greedy" in result.format()
 
@@ -251,3 +256,24 @@ def test_cli_ask_rejects_contradictory_options(index_dir, capsys):
     assert main(["ask", "q", "--index", str(index_dir), "--year-min", "2010", "--year-max", "2000",
                  "--backend", "vllm", "--api-base", f"http://127.0.0.1:{closed_port()}/v1"]) == 2
     assert "year_min (2010) is after year_max (2000)" in capsys.readouterr().err
+
+
+def test_cli_ask_attributes_by_default_and_not_with_no_attribution(index_dir, capsys):
+    import torch
+
+    from bmrag.cli import main
+
+    threads = torch.get_num_threads()
+    question = ["ask", "What causes scurvy?", "--index", str(index_dir), "-k", "2", "--threads", "1",
+                "--max-new-tokens", "24", "--json"]
+    try:
+        assert main(question) == 0
+        scored = json.loads(capsys.readouterr().out)
+        assert main([*question, "--no-attribution"]) == 0
+        plain = json.loads(capsys.readouterr().out)
+    finally:
+        torch.set_num_threads(threads)
+    assert scored["raw_answer"] == plain["raw_answer"]  # same greedy answer; only the post-check differs
+    assert scored["attribution"]["min_support"] == 0.5 and scored["attribution"]["sentences"]
+    assert plain["attribution"] is None and not any(s["attributed"] for s in plain["sources"])
+    assert any(s["doc_id"] == "scurvy" for s in scored["sources"]), scored["answer"]

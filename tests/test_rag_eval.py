@@ -107,6 +107,16 @@ def test_id_based_context_precision_and_recall_follow_the_definition():
         rag.id_context_scores(["a"], [])
 
 
+def test_citation_scores_compare_the_cited_passages_with_the_gold_and_the_cite_first_baseline():
+    # evidence [1]=b, [2]=a; gold {a}: citing [2] is right, the always-[1] citer would be wrong.
+    assert rag.citation_scores(["a"], ["b", "a"], ["a"]) == {
+        "citation_rate": 1.0, "citation_precision": 1.0, "citation_precision_first_passage": 0.0}
+    scores = rag.citation_scores(["b", "a"], ["b", "a"], ["a"])
+    assert scores["citation_precision"] == 0.5 and scores["citation_precision_first_passage"] == 0.0
+    assert rag.citation_scores([], ["a"], ["a"]) == {
+        "citation_rate": 0.0, "citation_precision": None, "citation_precision_first_passage": None}
+
+
 def test_openai_guard_refuses_clients_without_a_judge_and_restores_the_environment():
     import openai
 
@@ -191,6 +201,7 @@ def test_local_generator_run_scores_answers_and_decisions(data_root, tmp_path):
     assert m["decision"]["n"] == 1 and m["decision"]["majority_baseline"] == 1.0
     row = result["per_question"][0]
     assert row["answer"] and row["decision_predicted"] == rag.parse_decision(row["answer"])
+    assert set(row["cited_ids"]) <= set(row["given_ids"]) and m["citation_rate"] == float(bool(row["cited_ids"]))
     json.dumps(result)  # JSON-serialisable
     out, md = rag.write_rag_result(result, tmp_path / "out")
     assert out.name == "rag__pubmedqa__all-MiniLM-L6-v2__local-SmolLM2-135M-Instruct.json" and md.is_file()

@@ -339,9 +339,38 @@ class RagRecord:
     reference_answer: str | None
     decision_gold: str | None
     decision_predicted: str | None
+    cited_ids: list[str] = field(default_factory=list)
+    attributed_ids: list[str] = field(default_factory=list)
     metrics: dict[str, float | None] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+
+
+CITATION_METRICS = ("citation_rate", "citation_precision", "citation_precision_first_passage",
+                    "unsupported_sentences")
+"""Citation scores of answered questions: ID-based (see :func:`citation_scores`), and the share of answer
+sentences that no given passage supports by word overlap (:mod:`bmrag.attribution`)."""
+
+
+def citation_scores(cited: Sequence[str], given: Sequence[str], relevant: Sequence[str]) -> dict[str, float | None]:
+    """Whether an answer cites, and whether what it cites is a gold-relevant passage.
+
+    Args:
+        cited: Document ids the answer's valid citations point to.
+        given: Document ids of the evidence in prompt order (``given[0]`` is passage [1]).
+        relevant: Gold relevant document ids.
+
+    Returns:
+        ``citation_rate`` (1.0 when at least one valid citation, else 0.0), ``citation_precision`` (share of
+        cited documents that are relevant; None without citations) and ``citation_precision_first_passage``
+        (the same for a trivial citer that always cites [1], over the same answers: the baseline the
+        model's choice has to beat; None without citations).
+    """
+    gold = set(relevant)
+    if not cited:
+        return {"citation_rate": 0.0, "citation_precision": None, "citation_precision_first_passage": None}
+    return {"citation_rate": 1.0, "citation_precision": sum(doc in gold for doc in cited) / len(cited),
+            "citation_precision_first_passage": float(bool(given) and given[0] in gold)}
 
 
 def _unique(ids: Sequence[str]) -> list[str]:
@@ -462,12 +491,19 @@ def evaluate_rag(dataset: str, *, data: str | os.PathLike[str] | None = None, re
                     relevant_ids=item.relevant_ids, given_ids=given, top_k_ids=top_k,
                     reference_answer=item.reference_answer, decision_gold=item.decision,
                     decision_predicted=parse_decision(result.answer) if generator is not None else None,
+                    cited_ids=_unique([source["doc_id"] for source in result.sources]),
+                    attributed_ids=_unique([s["doc_id"] for s in result.sources if s.get("attributed")]),
                     timings={key: round(value, 4) for key, value in result.timings.items()},
                     notes=[n for n in result.notes if not n.startswith("generation skipped")])
                 p, r = id_context_scores(given, item.relevant_ids)
                 pk, rk = id_context_scores(top_k, item.relevant_ids)
                 record.metrics.update({"context_precision_given": p, "context_recall_given": r,
                                        "context_precision_top_k": pk, "context_recall_top_k": rk})
+                if result.status == "answered" and result.evidence:
+                    record.metrics.update(citation_scores(record.cited_ids, given, item.relevant_ids))
+                    scored = [row for row in (result.attribution or {}).get("sentences", []) if row["best"]]
+                    if scored:  # lexical: no passage holds min_support of the sentence's content words
+                        record.metrics["unsupported_sentences"] = sum(r["unsupported"] for r in scored) / len(scored)
                 if generator is not None and result.answer is not None and item.reference_answer:
                     record.metrics["rouge_l"] = float(rouge.score(reference=item.reference_answer,
                                                                   response=result.answer).value)
@@ -490,7 +526,7 @@ def evaluate_rag(dataset: str, *, data: str | os.PathLike[str] | None = None, re
 
     metrics: dict[str, Any] = {}
     for name in ("context_precision_given", "context_recall_given", "context_precision_top_k",
-                 "context_recall_top_k", "rouge_l", "string_similarity"):
+                 "context_recall_top_k", *CITATION_METRICS, "rouge_l", "string_similarity"):
         values = [r.metrics.get(name) for r in records if name in r.metrics]
         if values:
             mean, undefined = _mean(values)
@@ -596,7 +632,8 @@ def to_markdown(result: dict[str, Any], examples: int = 3) -> str:
         lines += ["", "Examples (first questions):", ""]
         for row in result["per_question"][:examples]:
             lines.append(f"- **{row['question']}** -> {row['answer']!r} (gold decision {row['decision_gold']}, "
-                         f"parsed {row['decision_predicted']}; given {row['given_ids']}, relevant "
+                         f"parsed {row['decision_predicted']}; given {row['given_ids']}, cited "
+                         f"{row.get('cited_ids', [])}, relevant "
                          f"{row['relevant_ids'][:5]})")
     if result.get("command"):
         lines += ["", "Reproduce:", "", "```", " ".join(result["command"]), "```"]
@@ -619,7 +656,8 @@ def summary_line(result: dict[str, Any]) -> str:
     """One line: dataset, questions, main metrics."""
     m = result["metrics"]
     parts = [f"{k} {_fmt(m[k])}" for k in ("context_recall_given", "context_precision_given", "context_recall_top_k",
-                                           "rouge_l", "string_similarity") if k in m]
+                                           "citation_rate", "citation_precision", "rouge_l", "string_similarity")
+             if k in m]
     if "decision" in m:
         parts.append(f"decision accuracy {_fmt(m['decision']['accuracy'])} (majority "
                      f"{_fmt(m['decision']['majority_baseline'])}, unparseable {m['decision']['unparseable']})")

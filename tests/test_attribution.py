@@ -1,0 +1,79 @@
+"""Word-overlap attribution of answer sentences to the evidence (pure functions, no model)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bmrag import chain as qa
+from bmrag.attribution import MIN_SUPPORT, attribute, split_sentences
+from bmrag.citations import validate_citations
+
+PASSAGES = [
+    "Metformin in type 2 diabetes. Metformin lowers hepatic glucose production and is first-line therapy.",
+    "Aspirin and platelets. Aspirin irreversibly inhibits cyclooxygenase-1 in platelets.",
+]
+
+
+def test_a_sentence_gets_the_passage_that_holds_its_words_before_its_full_stop():
+    result = attribute("Aspirin irreversibly inhibits platelet cyclooxygenase-1. Metformin lowers hepatic glucose "
+                       "production!", PASSAGES)
+    assert result.text == ("Aspirin irreversibly inhibits platelet cyclooxygenase-1 [2]. Metformin lowers hepatic "
+                           "glucose production [1]!")
+    assert result.added == [2, 1] and result.unsupported == []
+    first = result.sentences[0]
+    assert first.best == 2 and first.attributed and first.support == pytest.approx(5 / 6)  # "platelet" != "platelets"
+
+
+def test_a_sentence_no_passage_supports_is_flagged_and_left_uncited():
+    result = attribute("Renal hypouricemia is caused by a lack of AMPK kinase.", PASSAGES)
+    assert result.text == "Renal hypouricemia is caused by a lack of AMPK kinase."
+    assert result.added == [] and result.unsupported == ["Renal hypouricemia is caused by a lack of AMPK kinase."]
+    assert result.sentences[0].support < MIN_SUPPORT
+
+
+def test_the_model_s_own_citation_is_kept_and_its_support_reported():
+    result = attribute("Aspirin irreversibly inhibits cyclooxygenase-1 [1].", PASSAGES)
+    assert result.text == "Aspirin irreversibly inhibits cyclooxygenase-1 [1]."  # not rewritten to [2]
+    row = result.sentences[0]
+    assert row.cited == [1] and not row.attributed and row.best == 2 and row.support == 1.0
+
+
+def test_short_and_cut_off_sentences_are_neither_cited_nor_flagged():
+    result = attribute("Yes. Metformin lowers hepatic glucose production. Aspirin irreversibly inhibits", PASSAGES)
+    assert result.text == "Yes. Metformin lowers hepatic glucose production [1]. Aspirin irreversibly inhibits"
+    short, _, cut = result.sentences
+    assert short.best is None and not short.unsupported
+    assert cut.incomplete and not cut.attributed and not cut.unsupported
+
+
+def test_ties_go_to_the_higher_ranked_passage_and_decimals_do_not_split_sentences():
+    assert split_sentences("The dose was 1.5 mg daily. It worked.") == ["The dose was 1.5 mg daily.", "It worked."]
+    same = ["Aspirin inhibits platelets.", "Aspirin inhibits platelets."]
+    assert attribute("Aspirin inhibits platelets.", same).text == "Aspirin inhibits platelets [1]."
+
+
+def test_threshold_and_empty_inputs():
+    assert attribute("Aspirin inhibits platelets.", []).text == "Aspirin inhibits platelets."
+    assert attribute("", PASSAGES).sentences == []
+    strict = attribute("Aspirin irreversibly inhibits platelet cyclooxygenase-1.", PASSAGES, min_support=0.9)
+    assert strict.added == [] and len(strict.unsupported) == 1
+    with pytest.raises(ValueError, match="min_support must be between 0 and 1, got 1.5"):
+        attribute("x", PASSAGES, min_support=1.5)
+    with pytest.raises(ValueError, match=r"min_support must be between 0 and 1 \(or None: no attribution\)"):
+        qa.QAChain(None, None, None, generator_error="none", min_support=-0.1)  # type: ignore[arg-type]
+
+
+def test_the_chain_step_marks_added_citations_and_keeps_the_model_s_own():
+    evidence = [qa.Evidence(number=n, node_id=f"d{n}#0", doc_id=f"d{n}", title=title, text=text, score=0.9,
+                            first_stage_score=0.9)
+                for n, (title, text) in enumerate([p.split(". ", 1) for p in PASSAGES], start=1)]
+    check = validate_citations("Metformin lowers hepatic glucose production [1]. Aspirin irreversibly inhibits "
+                               "cyclooxygenase-1 in platelets. Vitamin K reverses warfarin [7].", 2)
+    written = list(check.cited)
+    checked, attribution, notes = qa.attribute_answer(check, evidence, [e.text for e in evidence], MIN_SUPPORT)
+    assert checked.cited == [1, 2] and "[7]" not in checked.text
+    sources = qa.cited_sources(checked, evidence, written)
+    assert [(s["doc_id"], s["attributed"]) for s in sources] == [("d1", False), ("d2", True)]
+    assert any("bmrag added 1 citation(s) ([2])" in n for n in notes)
+    assert any("Vitamin K reverses warfarin" in n and "check it against the evidence" in n for n in notes)
+    assert attribution.to_dict()["min_support"] == MIN_SUPPORT
