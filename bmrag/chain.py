@@ -484,9 +484,10 @@ def attribute_answer(check: citations.CitationCheck, evidence: Sequence[Evidence
     attribution = attribute(check.text, shown, min_support=min_support)
     notes = []
     if attribution.added:
-        notes.append(f"bmrag added {len(attribution.added)} citation(s) "
-                     f"({', '.join(f'[{n}]' for n in attribution.added)}) to sentences the model left uncited: "
-                     f"the cited passage contains at least {min_support:.0%} of the sentence's content words")
+        notes.append(f"added {len(attribution.added)} citation(s) "
+                     f"({', '.join(f'[{n}]' for n in attribution.added)}) by word overlap to sentences the model "
+                     f"left uncited: the cited passage contains at least {min_support:.0%} of the sentence's "
+                     "content words")
     notes += [f"no passage contains {min_support:.0%} of the content words of: {sentence!r}; check it against the "
               "evidence" for sentence in attribution.unsupported]
     return citations.validate_citations(attribution.text, len(evidence)), attribution, notes

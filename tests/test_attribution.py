@@ -74,6 +74,6 @@ def test_the_chain_step_marks_added_citations_and_keeps_the_model_s_own():
     assert checked.cited == [1, 2] and "[7]" not in checked.text
     sources = qa.cited_sources(checked, evidence, written)
     assert [(s["doc_id"], s["attributed"]) for s in sources] == [("d1", False), ("d2", True)]
-    assert any("bmrag added 1 citation(s) ([2])" in n for n in notes)
+    assert any("added 1 citation(s) ([2]) by word overlap" in n for n in notes)
     assert any("Vitamin K reverses warfarin" in n and "check it against the evidence" in n for n in notes)
     assert attribution.to_dict()["min_support"] == MIN_SUPPORT
