@@ -46,8 +46,8 @@ class SentenceSupport:
         cited: Valid numbers the sentence cites after attribution.
         attributed: True when bmrag added the citation (the model wrote none for this sentence).
         unsupported: True when no passage reaches ``min_support`` and the sentence cites nothing.
-        incomplete: True for a last sentence cut off by the token budget (no final punctuation): it is
-            neither attributed nor flagged, since its claim is unfinished.
+        incomplete: True for a last sentence cut off by the token budget (no final punctuation); it is
+            scored like the others (the chain notes separately that the answer hit its budget).
     """
 
     sentence: str
@@ -127,7 +127,7 @@ def attribute(answer: str, passages: Sequence[str], *, min_support: float = MIN_
         cited = [n for _, numbers in parse_citations(sentence) for n in (numbers or []) if 1 <= n <= len(passages)]
         words = set(tokenize(re.sub(r"\[[^\]]*\]", " ", sentence)))
         cut = position == len(sentences) and not cited and not _END.search(sentence)
-        if len(words) < MIN_WORDS or not vocab or cut:
+        if len(words) < MIN_WORDS or not vocab:
             rows.append(SentenceSupport(sentence, None, 0.0, cited, incomplete=cut))
             pieces.append(sentence)
             continue
@@ -137,9 +137,10 @@ def attribute(answer: str, passages: Sequence[str], *, min_support: float = MIN_
             rows.append(SentenceSupport(sentence, best + 1, scores[best], cited))
             pieces.append(sentence)
         elif scores[best] >= min_support:
-            rows.append(SentenceSupport(sentence, best + 1, scores[best], [best + 1], attributed=True))
+            rows.append(SentenceSupport(sentence, best + 1, scores[best], [best + 1], attributed=True,
+                                        incomplete=cut))
             pieces.append(_cite(sentence, best + 1))
         else:
-            rows.append(SentenceSupport(sentence, best + 1, scores[best], [], unsupported=True))
+            rows.append(SentenceSupport(sentence, best + 1, scores[best], [], unsupported=True, incomplete=cut))
             pieces.append(sentence)
     return Attribution(text=" ".join(pieces), sentences=rows, min_support=min_support)

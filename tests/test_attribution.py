@@ -38,12 +38,12 @@ def test_the_model_s_own_citation_is_kept_and_its_support_reported():
     assert row.cited == [1] and not row.attributed and row.best == 2 and row.support == 1.0
 
 
-def test_short_and_cut_off_sentences_are_neither_cited_nor_flagged():
+def test_short_sentences_are_left_alone_and_a_cut_off_one_is_scored_and_marked():
     result = attribute("Yes. Metformin lowers hepatic glucose production. Aspirin irreversibly inhibits", PASSAGES)
-    assert result.text == "Yes. Metformin lowers hepatic glucose production [1]. Aspirin irreversibly inhibits"
-    short, _, cut = result.sentences
-    assert short.best is None and not short.unsupported
-    assert cut.incomplete and not cut.attributed and not cut.unsupported
+    assert result.text == "Yes. Metformin lowers hepatic glucose production [1]. Aspirin irreversibly inhibits [2]"
+    short, whole, cut = result.sentences
+    assert short.best is None and not short.unsupported and not short.incomplete
+    assert not whole.incomplete and cut.incomplete and cut.attributed
 
 
 def test_ties_go_to_the_higher_ranked_passage_and_decimals_do_not_split_sentences():

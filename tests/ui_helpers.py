@@ -1,9 +1,10 @@
 """Helpers shared by tests/test_ui.py and tests/test_browser.py: a small real index and a citing LLM stand-in.
 
 Only the LLM is a test double (:class:`CitingStandInLLM`): SmolLM2-135M-Instruct, the only generator that
-installs offline, rarely writes citation markers, so tests that must see ``[1]`` in the answer cannot rely on
-it. Retrieval (all-MiniLM-L6-v2 through bmrag's encoder, a real Chroma index), the chain, the citation check
-and the UI are the real ones.
+installs offline, rarely writes citation markers itself and takes seconds per answer, so tests that must see
+the model's own ``[1]`` use the stand-in (test_ui.py also runs the real model once, cited by attribution).
+Retrieval (all-MiniLM-L6-v2 through bmrag's encoder, a real Chroma index), the chain, the citation check and
+the UI are the real ones.
 """
 
 from __future__ import annotations
