@@ -363,8 +363,8 @@ def citation_scores(cited: Sequence[str], given: Sequence[str], relevant: Sequen
     Returns:
         ``citation_rate`` (1.0 when at least one valid citation, else 0.0), ``citation_precision`` (share of
         cited documents that are relevant; None without citations) and ``citation_precision_first_passage``
-        (the same for a trivial citer that always cites [1], over the same answers: the baseline the
-        model's choice has to beat; None without citations).
+        (the same for a trivial citer that always cites [1], over the same answers: the positional
+        baseline; None without citations).
     """
     gold = set(relevant)
     if not cited:
