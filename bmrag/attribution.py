@@ -126,21 +126,19 @@ def attribute(answer: str, passages: Sequence[str], *, min_support: float = MIN_
     for position, sentence in enumerate(sentences, start=1):
         cited = [n for _, numbers in parse_citations(sentence) for n in (numbers or []) if 1 <= n <= len(passages)]
         words = set(tokenize(re.sub(r"\[[^\]]*\]", " ", sentence)))
-        cut = position == len(sentences) and not cited and not _END.search(sentence)
-        if len(words) < MIN_WORDS or not vocab:
-            rows.append(SentenceSupport(sentence, None, 0.0, cited, incomplete=cut))
-            pieces.append(sentence)
-            continue
-        scores = [len(words & v) / len(words) for v in vocab]
-        best = max(range(len(scores)), key=lambda i: (scores[i], -i))  # ties: the higher-ranked passage
-        if cited:
-            rows.append(SentenceSupport(sentence, best + 1, scores[best], cited))
-            pieces.append(sentence)
-        elif scores[best] >= min_support:
-            rows.append(SentenceSupport(sentence, best + 1, scores[best], [best + 1], attributed=True,
-                                        incomplete=cut))
-            pieces.append(_cite(sentence, best + 1))
+        cut = position == len(sentences) and not _END.search(sentence)
+        best, score = None, 0.0
+        if len(words) >= MIN_WORDS and vocab:
+            scores = [len(words & v) / len(words) for v in vocab]
+            top = max(range(len(scores)), key=lambda i: (scores[i], -i))  # ties: the higher-ranked passage
+            best, score = top + 1, scores[top]
+        attributed = best is not None and not cited and score >= min_support
+        if attributed:
+            cited = [best]
+            sentence_out = _cite(sentence, best)
         else:
-            rows.append(SentenceSupport(sentence, best + 1, scores[best], [], unsupported=True, incomplete=cut))
-            pieces.append(sentence)
+            sentence_out = sentence
+        rows.append(SentenceSupport(sentence, best, score, cited, attributed=attributed,
+                                    unsupported=best is not None and not cited, incomplete=cut))
+        pieces.append(sentence_out)
     return Attribution(text=" ".join(pieces), sentences=rows, min_support=min_support)
