@@ -162,7 +162,8 @@ def _eval_rag(args: argparse.Namespace) -> int:
         args.dataset, data=args.data, retriever=args.retriever,
         generator=None if args.no_generate else (args.generator or "local"),
         llm_model=args.llm_model, api_base=args.api_base, k=args.k, hybrid=args.hybrid, limit=args.limit,
-        threads=args.threads, max_new_tokens=args.max_new_tokens, index_dir=args.index_dir, judge=judge,
+        threads=args.threads, max_new_tokens=args.max_new_tokens, attribution=not args.no_attribution,
+        index_dir=args.index_dir, judge=judge,
         show_progress=not args.no_progress, command=_eval_command(args))
     if args.out is not None:
         json_path, md_path = write_rag_result(result, args.out)
@@ -192,6 +193,9 @@ def _add_eval_rag(eval_sub: argparse._SubParsersAction) -> None:
     rag.add_argument("--api-base", default=None, help="vLLM URL for --generator vllm")
     rag.add_argument("-k", "--k", dest="k", type=int, default=3, help="passages given to the generator (default 3)")
     rag.add_argument("--hybrid", action="store_true", help="BM25 + dense retrieval fused by RRF (k=60)")
+    rag.add_argument("--no-attribution", action="store_true",
+                     help="score only the citations the generator wrote (default: the chain's word-overlap "
+                          "attribution, as in bmrag ask)")
     rag.add_argument("--limit", type=int, default=None, help="only the first N questions in id order")
     rag.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a busy machine)")
     rag.add_argument("--max-new-tokens", type=int, default=None, help="answer budget (default 64)")

@@ -117,6 +117,17 @@ def test_citation_scores_compare_the_cited_passages_with_the_gold_and_the_cite_f
         "citation_rate": 0.0, "citation_precision": None, "citation_precision_first_passage": None}
 
 
+def test_result_file_names_say_when_attribution_was_off():
+    base = {"dataset": {"name": "pubmedqa"}, "index": {"retriever": "all-MiniLM-L6-v2"},
+            "chain": {"retrieval_mode": "dense", "min_support": 0.5,
+                      "generator": {"backend": "local", "model": "SmolLM2-135M-Instruct"}}}
+    assert rag.result_stem(base) == "rag__pubmedqa__all-MiniLM-L6-v2__local-SmolLM2-135M-Instruct"
+    base["chain"]["min_support"] = None
+    assert rag.result_stem(base).endswith("local-SmolLM2-135M-Instruct__no-attribution")
+    base["chain"]["generator"] = None  # retrieval only: attribution does not apply
+    assert rag.result_stem(base) == "rag__pubmedqa__all-MiniLM-L6-v2__none"
+
+
 def test_openai_guard_refuses_clients_without_a_judge_and_restores_the_environment():
     import openai
 

@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from bmrag.attribution import MIN_SUPPORT
 from bmrag.evaluation import datasets as ds
 
 logger = logging.getLogger(__name__)
@@ -395,7 +396,8 @@ def _mean(values: Sequence[float | None]) -> tuple[float | None, int]:
 def evaluate_rag(dataset: str, *, data: str | os.PathLike[str] | None = None, retriever: str = "all-MiniLM-L6-v2",
                  generator: GeneratorName | None = "local", llm_model: str | None = None, api_base: str | None = None,
                  k: int = 3, hybrid: bool = False, limit: int | None = None, threads: int | None = None,
-                 max_new_tokens: int | None = None, index_dir: str | os.PathLike[str] | None = None,
+                 max_new_tokens: int | None = None, attribution: bool = True,
+                 index_dir: str | os.PathLike[str] | None = None,
                  judge: Judge | None = None, show_progress: bool = True,
                  command: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the QA chain over a RAG evaluation set and score it (see the module docstring).
@@ -413,6 +415,8 @@ def evaluate_rag(dataset: str, *, data: str | os.PathLike[str] | None = None, re
         limit: Ask only the first ``limit`` questions in id order (deterministic).
         threads: torch CPU threads for indexing, retrieval and local generation.
         max_new_tokens: Answer budget.
+        attribution: Word-overlap citation attribution (the chain's default); False scores the model's own
+            citations only.
         index_dir: Chroma index folder (default :func:`default_index_dir`); built if missing, reused otherwise.
         judge: Judge endpoint for faithfulness and answer relevancy; None: those metrics are not run.
         show_progress: tqdm progress bars.
@@ -461,7 +465,7 @@ def evaluate_rag(dataset: str, *, data: str | os.PathLike[str] | None = None, re
     t = time.perf_counter()
     chain = qa.QAChain.from_index(index_dir, k=k, backend=generator, llm_model=llm_model, api_base=api_base,
                                   max_new_tokens=max_new_tokens, threads=threads if generator == "local" else None,
-                                  hybrid=hybrid)
+                                  hybrid=hybrid, min_support=MIN_SUPPORT if attribution else None)
     timing["chain_load_s"] = time.perf_counter() - t
     if generator is not None and chain.generator is None:
         chain.close()
@@ -561,6 +565,7 @@ def evaluate_rag(dataset: str, *, data: str | os.PathLike[str] | None = None, re
         "index": {"dir": str(index_dir), "passages": passages, "added_now": report.added,
                   "retriever": embed_model.model_name},
         "chain": {"k": k, "retrieval_mode": "hybrid (BM25 + dense, RRF k=60)" if hybrid else "dense",
+                  "min_support": chain.min_support,
                   "min_score": chain.min_score, "threshold_note": chain.threshold_note(hybrid),
                   "generator": chain.generator.describe() if chain.generator else None},
         "judge": ({"api_base": judge.api_base, "model": judge_model, "embedding_model": judge.embedding_model}
@@ -586,10 +591,12 @@ def _version(package: str) -> str | None:
 
 # ------------------------------------------------------------------------------------------------ output
 def result_stem(result: dict[str, Any]) -> str:
-    """``rag__<dataset>__<retriever>__<generator>[__hybrid]`` (generator ``none`` without generation)."""
+    """``rag__<dataset>__<retriever>__<generator>[__hybrid][__no-attribution]`` (``none``: no generation)."""
     generator = result["chain"]["generator"]
     gen = "none" if generator is None else f"{generator['backend']}-{Path(str(generator['model'])).name}"
     tail = "__hybrid" if result["chain"]["retrieval_mode"] != "dense" else ""
+    if generator is not None and result["chain"].get("min_support", MIN_SUPPORT) is None:
+        tail += "__no-attribution"
     return (f"rag__{result['dataset']['name']}__{_slug(Path(result['index']['retriever']).name)}__"
             f"{_slug(gen)}{tail}")
 
@@ -610,6 +617,9 @@ def to_markdown(result: dict[str, Any], examples: int = 3) -> str:
              f"- retriever: `{result['index']['retriever']}`, {result['chain']['retrieval_mode']} retrieval, "
              f"k={result['chain']['k']}, index {result['index']['passages']} passages",
              f"- evidence threshold: {result['chain']['threshold_note']}",
+             "- citation attribution: " + ("off (the generator's own citations only)"
+                                           if result["chain"].get("min_support", MIN_SUPPORT) is None else
+                                           f"word overlap >= {result['chain'].get('min_support', MIN_SUPPORT)}"),
              "- generator: " + ("none (retrieval only)" if gen is None else f"{gen['backend']} / {gen['model']}"),
              f"- judge: {result['judge'] if isinstance(result['judge'], str) else result['judge']['model']}",
              f"- selection: {d['selection']}", "", "| metric | value |", "|---|---|"]
