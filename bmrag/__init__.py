@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from bmrag._version import __version__
 
 __all__ = [
     "BMRetrieverEmbedding",
@@ -24,7 +24,7 @@ __all__ = [
 # LlamaIndex is imported only when an adapter is used, so training and evaluation stay light.
 _LAZY = {
     "BMRetrieverEncoder": "bmrag.encoder",
-    "Recipe": "bmrag.encoder",
+    "Recipe": "bmrag.recipe",
     "BMRetrieverEmbedding": "bmrag.llama_index.embedding",
     "BMRetrieverReranker": "bmrag.llama_index.reranker",
     "INSTRUCTIONS": "bmrag.prompts",
@@ -32,10 +32,11 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from bmrag.encoder import BMRetrieverEncoder, Recipe
+    from bmrag.encoder import BMRetrieverEncoder
     from bmrag.llama_index.embedding import BMRetrieverEmbedding
     from bmrag.llama_index.reranker import BMRetrieverReranker
     from bmrag.prompts import INSTRUCTIONS, get_instruction
+    from bmrag.recipe import Recipe
 
 
 def __getattr__(name: str) -> Any:

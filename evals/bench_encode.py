@@ -50,7 +50,9 @@ import torch
 
 from bmrag import hardware as bmrag_hardware
 from bmrag.encoder import BMRetrieverEncoder
-from bmrag.readers import load_corpus
+from bmrag.evaluation.report import portable
+from bmrag.index.readers import load_corpus
+from bmrag.loading import dtype_name
 
 logger = logging.getLogger("bench_encode")
 
@@ -179,7 +181,7 @@ def measure_matmul_peak(dtype: torch.dtype, device: str, size: int = 2048, repea
         sync()
         times.append(time.perf_counter() - start)
     flops = 2.0 * size**3
-    return {"dtype": str(dtype).removeprefix("torch."), "size": size, "repeats": repeats,
+    return {"dtype": dtype_name(dtype), "size": size, "repeats": repeats,
             "best_s": min(times), "median_s": statistics.median(times), "tflops": flops / min(times) / 1e12,
             "tflops_median": flops / statistics.median(times) / 1e12}
 
@@ -690,6 +692,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)
     json_path = args.out_dir / f"{args.tag}.json"
+    result = portable(result)
     json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     write_markdown(args.out_dir / f"{args.tag}.md", result)
     plotted = write_plot(args.out_dir / f"{args.tag}.png", result)

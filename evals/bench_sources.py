@@ -1,4 +1,4 @@
-"""Benchmark: stream a 30,000-article MEDLINE ``.xml.gz`` through :func:`bmrag.sources.read_source`.
+"""Benchmark: stream a 30,000-article MEDLINE ``.xml.gz`` through :func:`bmrag.index.sources.read_source`.
 
 The file repeats the four articles of the test fixture (``tests/test_sources.py``) with new PMIDs; one in four
 has neither title nor abstract, so it is skipped. Writes ``evals/results/sources_xml_stream.{json,md}``.
@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, "tests")
 from test_sources import MEDLINE_XML  # noqa: E402 (the fixture lives in the tests)
 
-from bmrag.sources import read_source  # noqa: E402
+from bmrag.index.sources import read_source  # noqa: E402
 
 COPIES = 7500
 RESULTS = Path("evals/results")
@@ -52,7 +52,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "sources_xml_stream.json").write_text(json.dumps(out, indent=1) + "\n")
     (RESULTS / "sources_xml_stream.md").write_text(
-        "# Streaming PubMed/MEDLINE XML (bmrag.sources)\n\n"
+        "# Streaming PubMed/MEDLINE XML (bmrag.index.sources)\n\n"
         f"`{out['command']}` (2 shared cores while a training job ran):\n\n"
         "| articles | read | empty skipped | seconds | articles/s | peak RSS growth |\n|---|---|---|---|---|---|\n"
         f"| {total} | {report.read} | {len(report.skipped_empty)} | {out['seconds']} | {out['articles_per_s']} | "

@@ -21,9 +21,10 @@ import sys
 import time
 from pathlib import Path
 
-from bmrag import hardware
+from bmrag import loading
 from bmrag.evaluation import DATASETS, build_leaderboard, evaluate_retrieval, evaluate_sts
 from bmrag.evaluation.run import print_summary, result_filename, write_result
+from bmrag.loading import DTYPE_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = os.environ.get("BMRAG_DATA") or str(REPO.parent / "shared" / "data")
@@ -40,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", required=True, help="bm25, offline aliases, Hub ids or paths")
     parser.add_argument("--datasets", nargs="+", default=DEFAULT_DATASETS, choices=list(DATASETS))
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                        help="default: bmrag.hardware.default_dtype (bfloat16 on GPUs and AMX/AVX512-BF16 CPUs, "
+    parser.add_argument("--dtype", default=None, choices=DTYPE_NAMES,
+                        help="default: bmrag.loading.default_dtype (bfloat16 on GPUs and AMX/AVX512-BF16 CPUs, "
                              "else float32)")
     parser.add_argument("--data", default=DEFAULT_DATA, help="data root (default $BMRAG_DATA or ../shared/data)")
     parser.add_argument("--results", default=str(REPO / "evals" / "results"), help="where result JSON files go")
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     if args.dtype is None:  # resolved here so finished runs are found under their dtype's file name
-        args.dtype = hardware.default_dtype("cuda" if torch.cuda.is_available() else "cpu")
+        args.dtype = loading.default_dtype("cuda" if torch.cuda.is_available() else "cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

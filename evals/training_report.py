@@ -15,6 +15,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bmrag.evaluation.report import portable
+
 STAGES = {
     "stage1": "Stage I (pseudo pairs: BioASQ/PubMedQA abstracts, MedQuAD answers; no SciFact text)",
     "stage2": "Stage I + II (Stage II incl. SciFact train: SciFact in-domain), stopped at its time budget",
@@ -124,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     report = collect(args.run, args.results)
     command = "python evals/training_report.py --run " + str(args.run) + " --out-dir " + str(args.out_dir)
     args.out_dir.mkdir(parents=True, exist_ok=True)
+    report = portable(report)
     (args.out_dir / "bmrag_mini.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     (args.out_dir / "bmrag_mini.md").write_text(render_markdown(report, command), encoding="utf-8")
     render_plot(report, args.out_dir / "bmrag_mini.png")

@@ -12,7 +12,7 @@ import tempfile
 from llama_index.core import Document, StorageContext, VectorStoreIndex
 
 from bmrag import BMRetrieverEmbedding, BMRetrieverReranker
-from bmrag.store import open_store
+from bmrag.index.store import open_store
 
 DOCS = {
     "aspirin": "Aspirin irreversibly inhibits cyclooxygenase-1 and reduces platelet aggregation.",

@@ -24,7 +24,7 @@ class ModelArguments:
     dtype: Literal["auto", "float32", "bfloat16"] = field(default="auto", metadata={
         "help": "Dtype of the frozen base weights. auto: bfloat16 on GPUs and on CPUs with native bf16 matmuls "
                 "(AMX/AVX512-BF16), float32 on other CPUs, where bf16 is emulated and ~50x slower "
-                "(bmrag.hardware.default_dtype). LoRA adapters always train in float32. Use float32 for full "
+                "(bmrag.loading.default_dtype). LoRA adapters always train in float32. Use float32 for full "
                 "fine-tuning."})
     lora: bool = field(default=True, metadata={"help": "Train LoRA adapters (True) or every weight (False)."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})

@@ -15,9 +15,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from bmrag.loading import DTYPE_NAMES, REPOSITORY_DATA, data_root
+
 logger = logging.getLogger("retriever_training")
 
-DEFAULT_DATA_DIR = os.environ.get("BMRAG_DATA") or "/work/shared/data"
+DEFAULT_DATA_DIR = str(data_root() or REPOSITORY_DATA)
+"""``$BMRAG_DATA``, else ``../shared/data`` beside the repository (:func:`bmrag.loading.data_root`)."""
 
 
 def _offline_defaults() -> None:
@@ -172,7 +175,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
 
 
 def _mine(args: argparse.Namespace) -> int:
-    from bmrag.readers import load_corpus, load_qrels
+    from bmrag.index.readers import load_corpus, load_qrels
     from retriever_training.data import read_groups, write_groups
     from retriever_training.mining import mine_hard_negatives
 
@@ -242,7 +245,7 @@ def _add_merge(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("merge", help="merge a LoRA adapter into its base and save a standalone model")
     p.add_argument("--adapter", required=True, help="adapter directory written by pretrain/finetune")
     p.add_argument("--out", required=True, help="output model directory")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    p.add_argument("--dtype", choices=DTYPE_NAMES, default="float32")
     p.set_defaults(func=_merge)
 
 

@@ -8,9 +8,9 @@ One training example is a *group*::
 where a passage is a string or ``{"title": str, "text": str}`` (rendered with the passage template by
 ``bmrag.encoder``). ``negatives`` may be empty (Stage I uses in-batch negatives only).
 
-Converters read the *training* splits under ``/work/shared/data`` and refuse test data: a training
-query whose id is in a test qrels file raises, a training query whose text equals any evaluation
-query (SciFact, BioASQ, PubMedQA, NFCorpus, TREC-COVID, SCIDOCS test sets) is dropped and counted,
+Converters read the *training* splits under the data root (``$BMRAG_DATA``, else ``../shared/data``) and
+refuse test data: a training query whose id is in a test qrels file raises, a training query whose text equals
+any evaluation query (SciFact, BioASQ, PubMedQA, NFCorpus, TREC-COVID, SCIDOCS test sets) is dropped and counted,
 and documents judged in a test qrels file are never used as negatives. Each converter returns a
 :class:`ConvertReport` with those counts.
 """
@@ -31,7 +31,7 @@ from typing import Any, Literal, Union
 import torch
 
 from bmrag import prompts
-from bmrag.readers import DataError, iter_jsonl, load_corpus, load_qrels, load_queries, open_text
+from bmrag.index.readers import DataError, iter_jsonl, load_corpus, load_qrels, load_queries, open_text
 
 logger = logging.getLogger(__name__)
 

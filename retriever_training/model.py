@@ -19,7 +19,8 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
-from bmrag.encoder import BMRetrieverEncoder, write_bmrag_config
+from bmrag.encoder import BMRetrieverEncoder
+from bmrag.loading import DTYPE_NAMES, resolve_dtype, write_bmrag_config
 from retriever_training.loss import distributed_info_nce
 
 logger = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ def build_encoder(
     """Load a base decoder with ``BMRetrieverEncoder.from_pretrained`` and make it trainable.
 
     With ``lora`` the base weights stay frozen in ``dtype`` (None or ``"auto"``: the encoder's hardware
-    default, :func:`bmrag.hardware.default_dtype`) and the adapters train in fp32 (peft casts
+    default, :func:`bmrag.loading.default_dtype`) and the adapters train in fp32 (peft casts
     them up); without it every weight trains (use ``dtype="float32"`` then). ``init_adapter`` continues
     training a saved adapter (Stage II from Stage I); its rank and targets win over the arguments.
     ``normalize`` sets the recipe's L2 normalisation (None keeps the base's), so the loss sees the vectors
@@ -170,10 +171,10 @@ class BiEncoderModel(nn.Module):
         if self.is_peft:
             from peft import get_peft_model_state_dict
 
-            dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-            if adapter_dtype not in dtypes:
-                raise ValueError(f"adapter_dtype must be one of {sorted(dtypes)}, got {adapter_dtype!r}")
-            state = {k: v.detach().to(dtypes[adapter_dtype]).contiguous()
+            if adapter_dtype not in DTYPE_NAMES:
+                raise ValueError(f"adapter_dtype must be one of {sorted(DTYPE_NAMES)}, got {adapter_dtype!r}")
+            dtype = resolve_dtype(adapter_dtype, "cpu")
+            state = {k: v.detach().to(dtype).contiguous()
                      for k, v in get_peft_model_state_dict(self.backbone).items()}
             self.backbone.save_pretrained(str(out), state_dict=state)
             # peft records the base's local path; the alias is portable (the encoder reads bmrag_config first).

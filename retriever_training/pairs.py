@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bmrag.readers import iter_jsonl, load_corpus, load_qrels
+from bmrag.index.readers import iter_jsonl, load_corpus, load_qrels
 from retriever_training.data import Group, normalize_text
 
 logger = logging.getLogger(__name__)

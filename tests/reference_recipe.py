@@ -1,6 +1,6 @@
 """An independent re-implementation of BMRetriever's official encoding recipe, for equivalence tests.
 
-Written from ``/work/shared/reference/bmretriever.md`` (the official ``eval.py``), deliberately without
+Written from ``../shared/reference/bmretriever.md`` (the official ``eval.py``), deliberately without
 importing anything from :mod:`bmrag`: if production code drifts from the recipe, the tests comparing
 against this module fail. It is slow on purpose (one text at a time, no padding, no attention mask),
 which is the simplest computation the recipe defines.

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from bmrag import chain as qa
-from bmrag.attribution import MIN_SUPPORT, attribute, split_sentences
-from bmrag.citations import validate_citations
+from bmrag.qa.answer import attribute_answer, cited_sources
+from bmrag.qa.attribution import MIN_SUPPORT, attribute, split_sentences
+from bmrag.qa.chain import QAChain
+from bmrag.qa.citations import validate_citations
+from bmrag.qa.evidence import Evidence
 
 PASSAGES = [
     "Metformin in type 2 diabetes. Metformin lowers hepatic glucose production and is first-line therapy.",
@@ -60,19 +62,19 @@ def test_threshold_and_empty_inputs():
     with pytest.raises(ValueError, match="min_support must be between 0 and 1, got 1.5"):
         attribute("x", PASSAGES, min_support=1.5)
     with pytest.raises(ValueError, match=r"min_support must be between 0 and 1 \(or None: no attribution\)"):
-        qa.QAChain(None, None, None, generator_error="none", min_support=-0.1)  # type: ignore[arg-type]
+        QAChain(None, None, None, generator_error="none", min_support=-0.1)  # type: ignore[arg-type]
 
 
 def test_the_chain_step_marks_added_citations_and_keeps_the_model_s_own():
-    evidence = [qa.Evidence(number=n, node_id=f"d{n}#0", doc_id=f"d{n}", title=title, text=text, score=0.9,
+    evidence = [Evidence(number=n, node_id=f"d{n}#0", doc_id=f"d{n}", title=title, text=text, score=0.9,
                             first_stage_score=0.9)
                 for n, (title, text) in enumerate([p.split(". ", 1) for p in PASSAGES], start=1)]
     check = validate_citations("Metformin lowers hepatic glucose production [1]. Aspirin irreversibly inhibits "
                                "cyclooxygenase-1 in platelets. Vitamin K reverses warfarin [7].", 2)
     written = list(check.cited)
-    checked, attribution, notes = qa.attribute_answer(check, evidence, [e.text for e in evidence], MIN_SUPPORT)
+    checked, attribution, notes = attribute_answer(check, evidence, [e.text for e in evidence], MIN_SUPPORT)
     assert checked.cited == [1, 2] and "[7]" not in checked.text
-    sources = qa.cited_sources(checked, evidence, written)
+    sources = cited_sources(checked, evidence, written)
     assert [(s["doc_id"], s["attributed"]) for s in sources] == [("d1", False), ("d2", True)]
     assert any("added 1 citation(s) ([2]) by word overlap" in n for n in notes)
     assert any("Vitamin K reverses warfarin" in n and "check it against the evidence" in n for n in notes)

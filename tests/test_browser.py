@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from ui_helpers import STATINS_QUESTION, free_port, small_index, stand_in_generator
 
-from bmrag import ui
+from bmrag.app.gradio_app import launch
+from bmrag.app.service import AppConfig, DemoService
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -30,8 +31,8 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.is_file(),
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
     index_dir = small_index(tmp_path_factory.mktemp("browser_index"))
-    service = ui.DemoService(ui.AppConfig(index_dir=index_dir), generator=stand_in_generator())
-    app, url = ui.launch(service, port=free_port(), block=False, quiet=True)
+    service = DemoService(AppConfig(index_dir=index_dir), generator=stand_in_generator())
+    app, url = launch(service, port=free_port(), block=False, quiet=True)
     yield url
     app.close()
     service.close()
@@ -81,12 +82,12 @@ def test_readme_screenshot_with_the_real_generator():
     """The README's screenshot: the demo index (``bmrag index``) and the real embedded generator, no test double."""
     from PIL import Image
 
-    from bmrag.demo import default_index_dir
+    from bmrag.index.open import default_index_dir
 
     sync_api = pytest.importorskip("playwright.sync_api")
-    service = ui.DemoService(ui.AppConfig(index_dir=default_index_dir(), threads=1))
+    service = DemoService(AppConfig(index_dir=default_index_dir(), threads=1))
     assert service.index_error is None, service.index_error
-    app, url = ui.launch(service, port=free_port(), block=False, quiet=True)
+    app, url = launch(service, port=free_port(), block=False, quiet=True)
     target = Path(__file__).resolve().parents[1] / "docs" / "img" / "clinical_qa.png"
     target.parent.mkdir(parents=True, exist_ok=True)
     try:

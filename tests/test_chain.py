@@ -13,8 +13,12 @@ import time
 
 import pytest
 
-from bmrag import chain as qa
-from bmrag.citations import parse_citations, validate_citations
+from bmrag.qa.answer import cited_sources, drop_repeated_sentences
+from bmrag.qa.chain import QAChain
+from bmrag.qa.citations import parse_citations, validate_citations
+from bmrag.qa.evidence import COSINE_MIN_SCORE, Evidence, default_min_score, select_evidence
+from bmrag.qa.filters import build_filters, describe_filters, explain_no_match
+from bmrag.qa.prompt import CANNOT_ANSWER, build_messages
 
 CORPUS = {
     "pmid-metformin": {"title": "Metformin in type 2 diabetes",
@@ -45,7 +49,7 @@ def closed_port() -> int:
 
 @pytest.fixture(scope="module")
 def index_dir(tmp_path_factory):
-    from bmrag.demo import build_index
+    from bmrag.index.build import build_index
     from bmrag.llama_index.embedding import BMRetrieverEmbedding
 
     path = tmp_path_factory.mktemp("qa-index")
@@ -58,7 +62,7 @@ def index_dir(tmp_path_factory):
 def local_generator():
     import torch
 
-    from bmrag.generate import load_generator
+    from bmrag.generators import load_generator
 
     # One thread (restored afterwards): two oversubscribe a busy 2-core machine and run ~10x slower.
     threads = torch.get_num_threads()
@@ -69,22 +73,22 @@ def local_generator():
 @pytest.fixture(scope="module")
 def down_chain(index_dir):
     """A chain whose vLLM server is down: retrieval works, generation is unavailable."""
-    chain = qa.QAChain.from_index(index_dir, k=2, backend="vllm", api_base=f"http://127.0.0.1:{closed_port()}/v1")
+    chain = QAChain.from_index(index_dir, k=2, backend="vllm", api_base=f"http://127.0.0.1:{closed_port()}/v1")
     yield chain
     chain.close()
 
 
-def _evidence(n: int) -> list[qa.Evidence]:
-    items = [qa.Evidence(number=0, node_id=f"d{i}#0", doc_id=f"d{i}", title=f"Title {i}", text=f"Text number {i}.",
+def _evidence(n: int) -> list[Evidence]:
+    items = [Evidence(number=0, node_id=f"d{i}#0", doc_id=f"d{i}", title=f"Title {i}", text=f"Text number {i}.",
                          score=1.0 - i / 10, first_stage_score=1.0 - i / 10, pmid=str(1000 + i),
                          url=f"https://pubmed.ncbi.nlm.nih.gov/{1000 + i}/") for i in range(1, n + 1)]
-    given, _ = qa.select_evidence(items, None, n)
+    given, _ = select_evidence(items, None, n)
     return given
 
 
 # ------------------------------------------------------------------------------------------ pure parts
 def test_prompt_numbers_evidence_in_order_with_titles_and_ends_with_the_question():
-    messages = qa.build_messages("Does X help?", _evidence(3))
+    messages = build_messages("Does X help?", _evidence(3))
     assert [m.role.value for m in messages] == ["system", "user", "assistant", "user"]
     assert "Cite the source number in square brackets" in messages[0].content
     final = messages[-1].content
@@ -97,52 +101,52 @@ def test_prompt_rejects_misnumbered_evidence_and_empty_questions():
     evidence = _evidence(2)
     evidence[1].number = 5
     with pytest.raises(ValueError, match="numbered 1..k in order; passage d2#0 has number 5, expected 2"):
-        qa.build_messages("q", evidence)
+        build_messages("q", evidence)
     with pytest.raises(ValueError, match="the question is empty"):
-        qa.build_messages("  ", _evidence(1))
+        build_messages("  ", _evidence(1))
 
 
 def test_select_evidence_applies_threshold_then_k_and_numbers_from_one():
-    items = [qa.Evidence(0, f"n{i}", f"d{i}", "", "t", s, s) for i, s in enumerate([0.9, 0.5, 0.3, 0.8, 0.2])]
-    given, held = qa.select_evidence(items, 0.4, k=2)
+    items = [Evidence(0, f"n{i}", f"d{i}", "", "t", s, s) for i, s in enumerate([0.9, 0.5, 0.3, 0.8, 0.2])]
+    given, held = select_evidence(items, 0.4, k=2)
     assert [(e.doc_id, e.number) for e in given] == [("d0", 1), ("d1", 2)]
     assert [(e.doc_id, e.number) for e in held] == [("d2", 0), ("d3", 0), ("d4", 0)]
-    given, held = qa.select_evidence(items, None, k=10)
+    given, held = select_evidence(items, None, k=10)
     assert [e.number for e in given] == [1, 2, 3, 4, 5] and held == []
 
 
 def test_cited_sources_map_numbers_to_document_ids_and_pubmed_links():
     evidence = _evidence(3)
     check = validate_citations("A [3]. B [1][3]. C [9].", len(evidence))
-    sources = qa.cited_sources(check, evidence)
+    sources = cited_sources(check, evidence)
     assert [(s["number"], s["doc_id"], s["url"]) for s in sources] == [
         (3, "d3", "https://pubmed.ncbi.nlm.nih.gov/1003/"), (1, "d1", "https://pubmed.ncbi.nlm.nih.gov/1001/")]
     assert [c.marker for c in check.invalid] == ["[9]"]
 
 
 def test_default_thresholds_are_documented_per_score_kind():
-    assert qa.default_min_score("cosine") == qa.COSINE_MIN_SCORE
-    assert qa.default_min_score("dot") is None
+    assert default_min_score("cosine") == COSINE_MIN_SCORE
+    assert default_min_score("dot") is None
     with pytest.raises(ValueError, match="'cosine' or 'dot'"):
-        qa.default_min_score("l2")
+        default_min_score("l2")
 
 
 def test_filters_are_built_and_validated():
-    filters = qa.build_filters(2000, 2010, ["rct", "review"])
-    assert qa.describe_filters(filters) == "year >= 2000 and year <= 2010 and pub_type in ['rct', 'review']"
-    assert qa.build_filters() is None
+    filters = build_filters(2000, 2010, ["rct", "review"])
+    assert describe_filters(filters) == "year >= 2000 and year <= 2010 and pub_type in ['rct', 'review']"
+    assert build_filters() is None
     with pytest.raises(ValueError, match=r"year_min \(2011\) is after year_max \(2010\)"):
-        qa.build_filters(2011, 2010)
+        build_filters(2011, 2010)
     with pytest.raises(ValueError, match="must be a list of strings"):
-        qa.build_filters(pub_types="rct")
+        build_filters(pub_types="rct")
     with pytest.raises(ValueError, match="year_min must be an integer year"):
-        qa.build_filters(year_min="2000")
+        build_filters(year_min="2000")
 
 
 def test_repeated_sentences_are_dropped():
-    text, removed = qa.drop_repeated_sentences("The study was small. It found X [1]. The study was small. Done.")
+    text, removed = drop_repeated_sentences("The study was small. It found X [1]. The study was small. Done.")
     assert text == "The study was small. It found X [1]. Done." and removed == 1
-    assert qa.drop_repeated_sentences("No repeats here. None.") == ("No repeats here. None.", 0)
+    assert drop_repeated_sentences("No repeats here. None.") == ("No repeats here. None.", 0)
 
 
 # ------------------------------------------------------------------------------- with a real index
@@ -164,9 +168,9 @@ def test_weak_evidence_is_refused_without_calling_the_generator(down_chain):
     # it does so even though the generator is down, because it would not be called anyway.
     result = down_chain.ask("What is the capital of France?")
     assert result.status == "insufficient_evidence" and result.exit_code == 0
-    assert result.answer == qa.CANNOT_ANSWER and result.raw_answer is None
+    assert result.answer == CANNOT_ANSWER and result.raw_answer is None
     assert result.evidence == [] and result.held_back
-    assert max(e.score for e in result.held_back) < qa.COSINE_MIN_SCORE
+    assert max(e.score for e in result.held_back) < COSINE_MIN_SCORE
     assert "weak evidence" in result.notes[-1] and "generator was not called" in result.notes[-1]
 
 
@@ -191,14 +195,15 @@ def test_filter_matching_nothing_says_why(down_chain):
 
 
 def test_filter_on_a_field_the_index_lacks(tmp_path):
+    from bmrag.index.build import corpus_to_nodes, index_nodes
+    from bmrag.index.store import open_store
     from bmrag.llama_index.embedding import BMRetrieverEmbedding
-    from bmrag.store import corpus_to_nodes, index_nodes, open_store
 
     embed = BMRetrieverEmbedding(model_name="all-MiniLM-L6-v2")
     store = open_store(tmp_path, embed)
     try:
         index_nodes(store, corpus_to_nodes({k: CORPUS[k] for k in ("scurvy", "stroke")}, embed.encoder), embed)
-        message = qa.explain_no_match(store.client, qa.build_filters(pub_types=["rct"]))
+        message = explain_no_match(store.client, build_filters(pub_types=["rct"]))
     finally:
         store.close()
     assert "the index has no 'pub_type' metadata (none of its 2 passages), so this filter cannot match" in message
@@ -213,7 +218,7 @@ def test_json_output_is_complete(down_chain):
 
 
 def test_embedded_generator_answers_from_two_passages_with_a_valid_citation(index_dir, local_generator):
-    chain = qa.QAChain.from_index(index_dir, k=2, min_score=None, generator=local_generator)
+    chain = QAChain.from_index(index_dir, k=2, min_score=None, generator=local_generator)
     try:
         result = chain.ask("What is the first-line drug for type 2 diabetes?")
     finally:

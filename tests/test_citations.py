@@ -4,13 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bmrag.citations import (
-    MAX_RANGE,
-    parse_citations,
-    pmid_of,
-    source_url,
-    validate_citations,
-)
+from bmrag.qa.citations import MAX_RANGE, parse_citations, pmid_of, source_url, validate_citations
 
 
 def test_valid_single_citations_are_kept_in_first_appearance_order():

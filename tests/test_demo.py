@@ -12,8 +12,11 @@ import pytest
 from shared_data import SHARED_DATA
 
 from bmrag import cli
-from bmrag.demo import DEMO_CORPUS, DEMO_QUESTIONS, default_index_dir, model_note, read_documents
-from bmrag.readers import DataError
+from bmrag.index.open import default_index_dir
+from bmrag.index.readers import DataError
+from bmrag.index.sample import DEMO_CORPUS, DEMO_QUESTIONS
+from bmrag.index.sources import read_documents
+from bmrag.models import model_note
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_LINE = ("Retriever model: all-MiniLM-L6-v2 (offline default: stronger than the shipped bmrag-mini; "

@@ -26,7 +26,8 @@ from reference_recipe import (
     token_ids,
 )
 
-from bmrag.encoder import BMRAG_CONFIG, BMRetrieverEncoder, Recipe, last_token_pool, write_bmrag_config
+from bmrag.encoder import BMRetrieverEncoder, Recipe, last_token_pool
+from bmrag.loading import BMRAG_CONFIG, write_bmrag_config
 
 ATOL = 1e-5
 SCIFACT = OFFICIAL_INSTRUCTIONS["scifact"]

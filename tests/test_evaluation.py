@@ -17,14 +17,14 @@ import numpy as np
 import pytest
 from shared_data import SHARED_DATA
 
+from bmrag.bm25 import BM25Baseline, bm25_pair_scores, tokenize
 from bmrag.evaluation import datasets as ds
-from bmrag.evaluation.bm25 import BM25Baseline, bm25_pair_scores, tokenize
 from bmrag.evaluation.leaderboard import build_leaderboard, load_results, render_readme
 from bmrag.evaluation.metrics import evaluate_run, filter_identical_ids, top_k
 from bmrag.evaluation.run import evaluate_retrieval, evaluate_sts, result_filename
 from bmrag.evaluation.search import exact_search
 from bmrag.evaluation.sts import correlations
-from bmrag.readers import DataError
+from bmrag.index.readers import DataError
 
 DOCS = {
     "d1": ("Aspirin and colorectal cancer", "Regular aspirin use lowers the risk of colorectal cancer in adults."),
@@ -207,7 +207,12 @@ def test_resolve_dataset_from_root_env_and_errors(tmp_path, monkeypatch):
     monkeypatch.setenv("BMRAG_DATA", str(tmp_path / "root"))
     assert ds.resolve_dataset("scifact")[0] == folder
     monkeypatch.delenv("BMRAG_DATA")
-    with pytest.raises(ValueError, match=r"pass --data DIR .* or set \$BMRAG_DATA"):
+    # Without the variable the root is ../shared/data beside the repository; where that is missing, say so.
+    from bmrag import loading
+
+    assert loading.data_root() == (loading.REPOSITORY_DATA if loading.REPOSITORY_DATA.is_dir() else None)
+    monkeypatch.setattr(loading, "REPOSITORY_DATA", tmp_path / "nowhere")
+    with pytest.raises(ValueError, match=r"pass --data DIR .* set \$BMRAG_DATA \(default: .*nowhere, which does not"):
         ds.resolve_dataset("scifact")
     with pytest.raises(KeyError, match=r"unknown dataset 'scifakt'. Did you mean 'scifact'"):
         ds.get_dataset("scifakt")

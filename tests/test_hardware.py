@@ -7,8 +7,9 @@ import platform
 import pytest
 import torch
 
-from bmrag import hardware
-from bmrag.encoder import BMRetrieverEncoder, resolve_dtype
+from bmrag import hardware, loading
+from bmrag.encoder import BMRetrieverEncoder
+from bmrag.loading import resolve_dtype
 
 ZEN1_FLAGS = frozenset({"fpu", "sse2", "avx", "avx2", "fma"})  # AMD EPYC (Zen 1) as read on a dev machine
 SAPPHIRE_RAPIDS_FLAGS = ZEN1_FLAGS | {"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}
@@ -26,7 +27,7 @@ def flags(monkeypatch: pytest.MonkeyPatch):
                                                 (ZEN4_FLAGS, "bfloat16"), (frozenset(), "float32")])
 def test_cpu_default_is_bf16_only_with_native_bf16_matmuls(flags, cpu, expected):
     flags(cpu)
-    assert hardware.default_dtype("cpu") == expected
+    assert loading.default_dtype("cpu") == expected
     assert resolve_dtype(None, "cpu") == {"float32": torch.float32, "bfloat16": torch.bfloat16}[expected]
 
 
@@ -58,7 +59,7 @@ def test_vllm_cpu_server_gets_the_dtype_of_the_hardware(flags, cpu, expected):
 
 
 def test_local_generator_takes_the_hardware_default_unless_told(flags):
-    from bmrag.generate import LocalLLM
+    from bmrag.llama_index.llm import LocalLLM
 
     flags(ZEN1_FLAGS)
     assert LocalLLM(max_new_tokens=4).dtype == "float32"

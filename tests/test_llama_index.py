@@ -116,7 +116,7 @@ def test_conflicting_arguments_are_refused(tiny):
 # ---------------------------------------------------------------------------------------------- reranker
 def _nodes(texts: list[str]) -> list[NodeWithScore]:
     # First-stage scores descending in input order, so a reorder is visible. Metadata excluded from the
-    # embedded text, as bmrag.store builds nodes: the reranker then scores exactly the passage text.
+    # embedded text, as bmrag.index.build builds nodes: the reranker then scores exactly the passage text.
     return [NodeWithScore(node=TextNode(id_=f"d{i}", text=t, metadata={"source": "test"},
                                         excluded_embed_metadata_keys=["source"]), score=float(10 - i))
             for i, t in enumerate(texts)]

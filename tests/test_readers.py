@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from shared_data import SHARED_DATA
 
-from bmrag.readers import DataError, ReadReport, iter_jsonl, load_corpus, load_qrels, load_queries
+from bmrag.index.readers import DataError, ReadReport, iter_jsonl, load_corpus, load_qrels, load_queries
 
 SCIFACT = SHARED_DATA / "scifact"
 

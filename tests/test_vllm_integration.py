@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from bmrag import generate, serve
+from bmrag import generators, serve
 
 pytestmark = [
     pytest.mark.vllm,
@@ -70,22 +70,22 @@ def server(tmp_path_factory):
 
 def test_server_lists_the_served_model(server):
     info, _ = server
-    status = generate.check_server(info["api_base"])
+    status = generators.check_server(info["api_base"])
     assert status.models == [MODEL]
 
 
 def test_asking_for_a_model_the_server_does_not_serve_names_what_it_serves(server):
     info, _ = server
     with pytest.raises(ValueError, match=f"does not serve 'gpt-4'; it serves: {MODEL}"):
-        generate.load_generator("vllm", api_base=info["api_base"], model="gpt-4")
+        generators.load_generator("vllm", api_base=info["api_base"], model="gpt-4")
 
 
 def test_vllm_greedy_answer_equals_the_embedded_generator(server):
     from llama_index.core.base.llms.types import ChatMessage, MessageRole
 
     info, _ = server
-    remote = generate.load_generator("vllm", api_base=info["api_base"], max_new_tokens=32)
-    local = generate.load_generator("local", max_new_tokens=32)
+    remote = generators.load_generator("vllm", api_base=info["api_base"], max_new_tokens=32)
+    local = generators.load_generator("local", max_new_tokens=32)
     messages = [ChatMessage(role=MessageRole.USER, content="Which organ produces insulin? Answer in one sentence.")]
     start = time.perf_counter()
     answer = remote.chat(messages)
@@ -122,5 +122,5 @@ def test_sigterm_to_serve_llm_stops_the_server_by_pid(server):
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 0
     assert "stopping vLLM" in info["log"].read_text()
-    with pytest.raises(generate.BackendUnavailable):
-        generate.check_server(info["api_base"], timeout=1.0)
+    with pytest.raises(generators.BackendUnavailable):
+        generators.check_server(info["api_base"], timeout=1.0)

@@ -34,7 +34,9 @@ def small_index(root: Path) -> Path:
     """Index the demo's answer documents plus 16 distractors (real model, real Chroma) once per test run."""
     if "dir" in _INDEX:
         return _INDEX["dir"]
-    from bmrag.demo import build_index, load_embedding, read_documents
+    from bmrag.index.build import build_index
+    from bmrag.index.open import load_embedding
+    from bmrag.index.sources import read_documents
 
     corpus, _ = read_documents(None)
     wanted = STROKE | ASTHMA | {STATINS_AF, "pubmedqa-11340218"}
@@ -90,8 +92,8 @@ class CitingStandInLLM(CustomLLM):
 
 
 def stand_in_generator():
-    """A :class:`bmrag.generate.Generator` around :class:`CitingStandInLLM`, named as the test double it is."""
-    from bmrag.generate import Generator
+    """A :class:`bmrag.generators.Generator` around :class:`CitingStandInLLM`, named as the test double it is."""
+    from bmrag.generators import Generator
 
     return Generator(llm=CitingStandInLLM(), backend="local", model="citing-stand-in (test double)",
                      endpoint="in-process test double", max_new_tokens=64, context_window=2048)

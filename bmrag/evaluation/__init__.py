@@ -6,7 +6,7 @@ Modules, one concern each (metric code knows nothing about datasets):
 - :mod:`~bmrag.evaluation.search`: exact top-k search and the same through Chroma
 - :mod:`~bmrag.evaluation.metrics`: ``pytrec_eval`` metrics, the explicit identical-id filter
 - :mod:`~bmrag.evaluation.cache`: on-disk corpus-embedding cache
-- :mod:`~bmrag.evaluation.bm25`: the BM25 baseline (``bm25s``)
+- :mod:`~bmrag.bm25`: the BM25 baseline (``bm25s``)
 - :mod:`~bmrag.evaluation.sts`: BIOSSES sentence similarity
 - :mod:`~bmrag.evaluation.run`: one run -> one result record (``evaluate_retrieval``, ``evaluate_sts``)
 - :mod:`~bmrag.evaluation.leaderboard`: README + PNG from a folder of results

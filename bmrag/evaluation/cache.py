@@ -26,15 +26,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from bmrag.loading import cache_dir
+
 logger = logging.getLogger(__name__)
 
 CacheStatus = Literal["hit", "partial", "miss", "disabled"]
 
 
 def default_cache_dir() -> Path:
-    """``$BMRAG_CACHE/embeddings`` or ``~/.cache/bmrag/embeddings``."""
-    root = os.environ.get("BMRAG_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "bmrag")
-    return Path(root) / "embeddings"
+    """``cache_dir()/embeddings`` (see :func:`bmrag.loading.cache_dir`)."""
+    return cache_dir("embeddings")
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:

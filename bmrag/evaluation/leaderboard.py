@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bmrag.evaluation import datasets as ds
+from bmrag.evaluation import registry as ds
 
 README = "README.md"
 PLOT = "leaderboard.png"

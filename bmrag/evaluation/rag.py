@@ -1,6 +1,6 @@
 """``bmrag eval rag``: the real QA chain over PubMedQA and BioASQ questions, scored with RAGAS and QA metrics.
 
-Per question the chain (:class:`bmrag.chain.QAChain`) retrieves from a Chroma index of the dataset's corpus
+Per question the chain (:class:`bmrag.qa.chain.QAChain`) retrieves from a Chroma index of the dataset's corpus
 (built once per corpus, retriever and corpus hash, then reused), applies its weak-evidence threshold, and
 (unless ``generate=False``) answers with the chosen generator. Scores:
 
@@ -27,24 +27,36 @@ Per question the chain (:class:`bmrag.chain.QAChain`) retrieves from a Chroma in
 
 from __future__ import annotations
 
-import contextlib
-import gzip
-import json
 import logging
 import math
 import os
-import re
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from bmrag.attribution import MIN_SUPPORT
-from bmrag.evaluation import datasets as ds
+from bmrag.evaluation.rag_data import RAG_DATASETS, RagDatasetSpec, RagQuestion, load_rag_questions
+from bmrag.evaluation.rag_judge import Judge, openai_guard
+from bmrag.evaluation.rag_metrics import (
+    CITATION_METRICS,
+    DECISIONS,
+    Decision,
+    citation_scores,
+    decision_scores,
+    id_context_scores,
+    parse_decision,
+)
+from bmrag.loading import cache_dir
+from bmrag.qa.attribution import MIN_SUPPORT
+from bmrag.qa.chain import QAChain
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["CITATION_METRICS", "DECISIONS", "RAG_DATASETS", "Decision", "Judge", "RagDatasetSpec", "RagQuestion",
+           "citation_scores", "decision_scores", "evaluate_rag", "id_context_scores", "load_rag_questions",
+           "openai_guard", "parse_decision", "summary_line", "to_markdown", "write_rag_result"]
 
 RAG_SCHEMA = "bmrag.rag/1"
 """Schema of ``bmrag eval rag`` results (not ``bmrag.eval.*``: the retrieval leaderboard skips them)."""
@@ -52,280 +64,9 @@ RAG_SCHEMA = "bmrag.rag/1"
 NO_JUDGE = "not run: no judge configured"
 """What the result says for LLM-judged metrics without ``--judge-api-base``."""
 
-Decision = Literal["yes", "no", "maybe"]
-DECISIONS: tuple[str, ...] = ("yes", "no", "maybe")
 GeneratorName = Literal["local", "vllm"]
 
 
-# ------------------------------------------------------------------------------------------------ datasets
-@dataclass(frozen=True)
-class RagDatasetSpec:
-    """Where a RAG evaluation set's questions, corpus and reference answers live.
-
-    Attributes:
-        name: Key of :data:`RAG_DATASETS`.
-        retrieval: Registry key (:data:`bmrag.evaluation.datasets.DATASETS`) of the corpus + questions + qrels.
-        split: Qrels split whose questions are asked.
-        answers: Folder under the data root holding the reference answers.
-        note: What the set is.
-    """
-
-    name: str
-    retrieval: str
-    split: str
-    answers: str
-    note: str
-
-
-RAG_DATASETS: dict[str, RagDatasetSpec] = {
-    "pubmedqa": RagDatasetSpec(
-        "pubmedqa", "pubmedqa-retrieval", "test", "pubmedqa",
-        "PubMedQA PQA-L test (500 questions) against the 1,000 PQA-L contexts; reference answer = LONG_ANSWER, "
-        "decision = final_decision (yes/no/maybe)."),
-    "bioasq": RagDatasetSpec(
-        "bioasq", "bioasq-snippets", "test", "bioasq-qa",
-        "BioASQ Task 8B (500 questions) against the bioasq-snippets pool (13,449 PMIDs); reference answer = the "
-        "first ideal_answer, decision = exact_answer for yes/no questions."),
-}
-"""The two RAG evaluation sets (``bmrag eval rag --dataset``)."""
-
-
-@dataclass
-class RagQuestion:
-    """One question with what it is scored against."""
-
-    id: str
-    question: str
-    relevant_ids: list[str]
-    reference_answer: str | None
-    decision: str | None
-    qtype: str | None = None
-
-
-def _pubmedqa_answers(folder: Path) -> dict[str, dict[str, Any]]:
-    path = folder / "ori_pqal.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"pubmedqa: {path} not found (reference answers)")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _bioasq_answers(folder: Path) -> dict[str, dict[str, Any]]:
-    path = folder / "taskb_golden_7b-11b.jsonl.gz"
-    if not path.is_file():
-        raise FileNotFoundError(f"bioasq: {path} not found (reference answers)")
-    out = {}
-    with gzip.open(path, "rt", encoding="utf-8") as handle:
-        for line in handle:
-            record = json.loads(line)
-            out[str(record["id"])] = record
-    return out
-
-
-def load_rag_questions(dataset: str, data: str | os.PathLike[str] | None = None
-                       ) -> tuple[list[RagQuestion], ds.RetrievalDataset]:
-    """Questions (sorted by id), with relevant doc ids, reference answers and decisions, and the corpus.
-
-    Args:
-        dataset: ``"pubmedqa"`` or ``"bioasq"``.
-        data: The data root (holding ``pubmedqa-retrieval/``, ``pubmedqa/``, ``bioasq-snippets/``,
-            ``bioasq-qa/``); default ``$BMRAG_DATA``.
-    """
-    if dataset not in RAG_DATASETS:
-        raise KeyError(f"unknown RAG dataset {dataset!r}; known: {', '.join(RAG_DATASETS)}")
-    spec = RAG_DATASETS[dataset]
-    retrieval = ds.load_retrieval_dataset(spec.retrieval, data, split=spec.split)
-    root = retrieval.path.parent
-    questions = []
-    if dataset == "pubmedqa":
-        answers = _pubmedqa_answers(root / spec.answers)
-        for qid in sorted(retrieval.queries):
-            pmid = qid.removeprefix("q")
-            record = answers.get(pmid)
-            if record is None:
-                raise ValueError(f"pubmedqa: question {qid} has no entry {pmid} in ori_pqal.json")
-            questions.append(RagQuestion(qid, retrieval.queries[qid], sorted(retrieval.qrels[qid]),
-                                         record.get("LONG_ANSWER"), record.get("final_decision"), "yes/no/maybe"))
-    else:
-        answers = _bioasq_answers(root / spec.answers)
-        for qid in sorted(retrieval.queries):
-            record = answers.get(qid)
-            if record is None:
-                raise ValueError(f"bioasq: question {qid} is not in taskb_golden_7b-11b.jsonl.gz")
-            ideal = record.get("ideal_answer") or []
-            reference = " ".join((ideal[0] if isinstance(ideal, list) else str(ideal)).split()) or None
-            decision = record.get("exact_answer") if record.get("type") == "yesno" else None
-            decision = decision.strip().lower() if isinstance(decision, str) else None
-            relevant = sorted(doc for doc, grade in retrieval.qrels[qid].items() if grade > 0)
-            questions.append(RagQuestion(qid, retrieval.queries[qid], relevant, reference, decision,
-                                         record.get("type")))
-    return questions, retrieval
-
-
-# ------------------------------------------------------------------------------------------------ decisions
-_LEADING = re.compile(r"^[\s\"'*_#>\-\[\]().:]*(?:(?:final\s+)?(?:answer|decision)\s*[:\-]\s*)?", re.IGNORECASE)
-_WORD = re.compile(r"[a-z]+")
-_FIRST_SENTENCE = re.compile(r"[^.!?\n]*")
-
-
-def parse_decision(answer: str | None) -> Decision | None:
-    """Read a yes/no/maybe decision from a generated answer.
-
-    Rules, in order (case-insensitive):
-
-    1. Strip leading spaces, quotes, markdown, brackets and an ``Answer:`` / ``Decision:`` prefix; if the first
-       word is ``yes``, ``no`` or ``maybe``, that is the decision (``"Yes, statins ..."`` -> yes,
-       ``"No."`` -> no). ``"No evidence ..."`` therefore reads as no: small models start negative answers so.
-    2. Otherwise, if exactly one of the three words occurs as a word in the first sentence, that one
-       (``"The answer is yes [1]."`` -> yes). None or several -> unparseable.
-
-    The chain's refusal ("I cannot answer this question from the given sources.") is unparseable.
-
-    Returns:
-        ``"yes"``, ``"no"``, ``"maybe"``, or None when no decision can be read.
-    """
-    if not answer or not answer.strip():
-        return None
-    text = _LEADING.sub("", answer.strip().lower(), count=1)
-    first = _WORD.match(text)
-    if first and first.group(0) in DECISIONS:
-        return first.group(0)  # type: ignore[return-value]
-    sentence = _FIRST_SENTENCE.match(text)
-    found = {w for w in _WORD.findall(sentence.group(0) if sentence else "") if w in DECISIONS}
-    return found.pop() if len(found) == 1 else None  # type: ignore[return-value]
-
-
-def decision_scores(gold: Sequence[str], predicted: Sequence[str | None]) -> dict[str, Any]:
-    """Accuracy (unparseable = wrong), accuracy over parseable answers, counts, and the majority baseline."""
-    if len(gold) != len(predicted):
-        raise ValueError(f"{len(gold)} gold labels for {len(predicted)} predictions")
-    n = len(gold)
-    if n == 0:
-        return {"n": 0}
-    correct = sum(1 for g, p in zip(gold, predicted) if p == g)
-    parsed = [(g, p) for g, p in zip(gold, predicted) if p is not None]
-    counts = Counter(gold)
-    majority, majority_n = max(sorted(counts.items()), key=lambda kv: kv[1])
-    return {
-        "n": n, "accuracy": correct / n,
-        "accuracy_parseable": (sum(1 for g, p in parsed if g == p) / len(parsed)) if parsed else None,
-        "unparseable": n - len(parsed), "predicted": dict(Counter(p or "unparseable" for p in predicted)),
-        "gold": dict(sorted(counts.items())), "majority_class": majority, "majority_baseline": majority_n / n,
-    }
-
-
-# ------------------------------------------------------------------------------------------------ RAGAS
-@contextlib.contextmanager
-def openai_guard(allowed: Sequence[str] = ()) -> Iterator[list[str]]:
-    """Make sure nothing inside reaches OpenAI: yields the base URLs of the OpenAI clients created inside.
-
-    * An ``openai.OpenAI`` / ``openai.AsyncOpenAI`` created inside raises ``RuntimeError`` unless its base URL
-      starts with one of ``allowed`` (the judge's and the vLLM generator's endpoints); api.openai.com always
-      raises. Without a judge and with the local generator nothing needs a client, so any client raises.
-    * ``OPENAI_API_KEY`` and ``OPENAI_BASE_URL`` are set to a bogus key and a closed local URL while inside
-      (restored afterwards), so even a client created another way cannot authenticate with OpenAI.
-    """
-    import openai
-
-    created: list[str] = []
-    prefixes = [str(a).rstrip("/") for a in allowed if a]
-    originals = {cls: cls.__init__ for cls in (openai.OpenAI, openai.AsyncOpenAI)}
-    saved = {key: os.environ.get(key) for key in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
-
-    def guarded(original):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            original(self, *args, **kwargs)
-            url = str(self.base_url).rstrip("/")
-            created.append(url)
-            if "api.openai.com" in url or not any(url.startswith(a) for a in prefixes):
-                raise RuntimeError(f"bmrag eval rag: an OpenAI client for {url} was created, but only "
-                                   f"{list(prefixes) or 'none (no judge configured)'} may be used; RAGAS must not "
-                                   "reach OpenAI (pass --judge-api-base for the LLM-judged metrics)")
-        return __init__
-
-    os.environ["OPENAI_API_KEY"] = "bmrag-no-openai-key"
-    os.environ["OPENAI_BASE_URL"] = "http://127.0.0.1:9/bmrag-no-openai"
-    for cls, original in originals.items():
-        cls.__init__ = guarded(original)  # type: ignore[method-assign]
-    try:
-        yield created
-    finally:
-        for cls, original in originals.items():
-            cls.__init__ = original  # type: ignore[method-assign]
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-def id_context_scores(retrieved: Sequence[str], relevant: Sequence[str]) -> tuple[float, float]:
-    """RAGAS ``IDBasedContextPrecision`` and ``IDBasedContextRecall`` for one question (NaN when undefined)."""
-    from ragas.dataset_schema import SingleTurnSample
-    from ragas.metrics import IDBasedContextPrecision, IDBasedContextRecall
-
-    if not relevant:
-        raise ValueError("a question without relevant ids cannot be scored")
-    if not retrieved:
-        return float("nan"), 0.0  # RAGAS asserts on an empty list; precision is undefined, recall is 0
-    sample = SingleTurnSample(retrieved_context_ids=list(retrieved), reference_context_ids=list(relevant))
-    return (float(IDBasedContextPrecision().single_turn_score(sample)),
-            float(IDBasedContextRecall().single_turn_score(sample)))
-
-
-class _EncoderEmbeddings:
-    """A RAGAS embedding backed by a bmrag encoder (for AnswerRelevancy), so no embedding service is called."""
-
-    @staticmethod
-    def build(model: str) -> Any:
-        from ragas.embeddings.base import BaseRagasEmbedding
-
-        from bmrag.encoder import BMRetrieverEncoder
-
-        encoder = BMRetrieverEncoder.from_pretrained(model)
-
-        class EncoderEmbeddings(BaseRagasEmbedding):
-            def embed_text(self, text: str, **kwargs: Any) -> list[float]:
-                return encoder.encode_documents([text])[0].tolist()
-
-            async def aembed_text(self, text: str, **kwargs: Any) -> list[float]:
-                return self.embed_text(text)
-
-            def embed_texts(self, texts: list[str], **kwargs: Any) -> list[list[float]]:
-                return encoder.encode_documents(list(texts)).tolist()
-
-        return EncoderEmbeddings()
-
-
-@dataclass
-class Judge:
-    """An OpenAI-compatible judge endpoint (vLLM) for the LLM-judged RAGAS metrics."""
-
-    api_base: str
-    model: str | None = None
-    embedding_model: str = "all-MiniLM-L6-v2"
-    timeout: float = 120.0
-
-    def build(self) -> tuple[Any, Any, str]:
-        """``(faithfulness metric, answer-relevancy metric, served model name)``."""
-        from openai import AsyncOpenAI, OpenAI
-        from ragas.llms import llm_factory
-        from ragas.metrics.collections import AnswerRelevancy, Faithfulness
-
-        model = self.model
-        if model is None:
-            # The one model the server serves (like `bmrag ask --backend vllm`); no guessing among several.
-            served = [m.id for m in OpenAI(base_url=self.api_base, api_key="EMPTY", timeout=10,
-                                           max_retries=0).models.list().data]
-            if len(served) != 1:
-                raise ValueError(f"the judge at {self.api_base} serves {served}; name one with --judge-model")
-            model = served[0]
-        client = AsyncOpenAI(base_url=self.api_base, api_key="EMPTY", timeout=self.timeout, max_retries=1)
-        llm = llm_factory(model, provider="openai", client=client, temperature=0.0, max_tokens=1024)
-        embeddings = _EncoderEmbeddings.build(self.embedding_model)
-        return Faithfulness(llm=llm), AnswerRelevancy(llm=llm, embeddings=embeddings), model
-
-
-# ------------------------------------------------------------------------------------------------ the run
 @dataclass
 class RagRecord:
     """What happened for one question (one row of ``per_question``)."""
@@ -347,33 +88,6 @@ class RagRecord:
     notes: list[str] = field(default_factory=list)
 
 
-CITATION_METRICS = ("citation_rate", "citation_precision", "citation_precision_first_passage",
-                    "unsupported_sentences")
-"""Citation scores of answered questions: ID-based (see :func:`citation_scores`), and the share of answer
-sentences that no given passage supports by word overlap (:mod:`bmrag.attribution`)."""
-
-
-def citation_scores(cited: Sequence[str], given: Sequence[str], relevant: Sequence[str]) -> dict[str, float | None]:
-    """Whether an answer cites, and whether what it cites is a gold-relevant passage.
-
-    Args:
-        cited: Document ids the answer's valid citations point to.
-        given: Document ids of the evidence in prompt order (``given[0]`` is passage [1]).
-        relevant: Gold relevant document ids.
-
-    Returns:
-        ``citation_rate`` (1.0 when at least one valid citation, else 0.0), ``citation_precision`` (share of
-        cited documents that are relevant; None without citations) and ``citation_precision_first_passage``
-        (the same for a trivial citer that always cites [1], over the same answers: the positional
-        baseline; None without citations).
-    """
-    gold = set(relevant)
-    if not cited:
-        return {"citation_rate": 0.0, "citation_precision": None, "citation_precision_first_passage": None}
-    return {"citation_rate": 1.0, "citation_precision": sum(doc in gold for doc in cited) / len(cited),
-            "citation_precision_first_passage": float(bool(given) and given[0] in gold)}
-
-
 def _unique(ids: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(ids))
 
@@ -383,9 +97,8 @@ def _slug(text: str) -> str:
 
 
 def default_index_dir(dataset: str, retriever: str, content_hash: str) -> Path:
-    """``~/.cache/bmrag/rag-eval/<dataset>__<retriever>__<corpus hash[:12]>`` (``$XDG_CACHE_HOME`` honoured)."""
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "bmrag" / "rag-eval" / f"{dataset}__{_slug(Path(retriever).name)}__{content_hash[:12]}"
+    """``cache_dir()/rag-eval/<dataset>__<retriever>__<corpus hash[:12]>`` (see :func:`bmrag.loading.cache_dir`)."""
+    return cache_dir("rag-eval", f"{dataset}__{_slug(Path(retriever).name)}__{content_hash[:12]}")
 
 
 def _mean(values: Sequence[float | None]) -> tuple[float | None, int]:
@@ -396,6 +109,7 @@ def _mean(values: Sequence[float | None]) -> tuple[float | None, int]:
 def evaluate_rag(dataset: str, *, data: str | os.PathLike[str] | None = None, retriever: str = "all-MiniLM-L6-v2",
                  generator: GeneratorName | None = "local", llm_model: str | None = None, api_base: str | None = None,
                  k: int = 3, hybrid: bool = False, limit: int | None = None, threads: int | None = None,
+                 dtype: str | None = None,
                  max_new_tokens: int | None = None, attribution: bool = True,
                  index_dir: str | os.PathLike[str] | None = None,
                  judge: Judge | None = None, show_progress: bool = True,
@@ -408,12 +122,13 @@ def evaluate_rag(dataset: str, *, data: str | os.PathLike[str] | None = None, re
         retriever: Retriever model (alias, directory or Hub id) the corpus index is built with.
         generator: ``"local"`` (embedded SmolLM2 by default), ``"vllm"``, or None for retrieval only
             (``--no-generate``: context precision/recall only).
-        llm_model: Generator model (see :meth:`bmrag.chain.QAChain.from_index`).
+        llm_model: Generator model (see :meth:`bmrag.qa.chain.QAChain.from_index`).
         api_base: vLLM URL for ``generator="vllm"``.
         k: Passages given to the generator.
         hybrid: BM25 + dense retrieval (RRF) instead of dense only.
         limit: Ask only the first ``limit`` questions in id order (deterministic).
         threads: torch CPU threads for indexing, retrieval and local generation.
+        dtype: Weights dtype of the retriever and the local generator (default: the hardware's).
         max_new_tokens: Answer budget.
         attribution: Word-overlap citation attribution (the chain's default); False scores the model's own
             citations only.
@@ -429,9 +144,9 @@ def evaluate_rag(dataset: str, *, data: str | os.PathLike[str] | None = None, re
     os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
     from tqdm.auto import tqdm
 
-    from bmrag import chain as qa
-    from bmrag.demo import build_index, load_embedding
-    from bmrag.evaluation.run import environment
+    from bmrag.evaluation.report import environment
+    from bmrag.index.build import build_index
+    from bmrag.index.open import load_embedding
 
     if generator not in (None, "local", "vllm"):
         raise ValueError(f"generator must be 'local', 'vllm' or None (no generation), got {generator!r}")
@@ -456,16 +171,16 @@ def evaluate_rag(dataset: str, *, data: str | os.PathLike[str] | None = None, re
     t = time.perf_counter()
     index_dir = Path(index_dir).expanduser() if index_dir else default_index_dir(dataset, retriever,
                                                                                   retrieval.content_hash)
-    embed_model = load_embedding(retriever)
+    embed_model = load_embedding(retriever, dtype=dtype)
     store, report = build_index(retrieval.corpus, index_dir, embed_model, show_progress=show_progress)
     passages = store.count()
     store.close()
     timing["index_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    chain = qa.QAChain.from_index(index_dir, k=k, backend=generator, llm_model=llm_model, api_base=api_base,
+    chain = QAChain.from_index(index_dir, k=k, backend=generator, llm_model=llm_model, api_base=api_base,
                                   max_new_tokens=max_new_tokens, threads=threads if generator == "local" else None,
-                                  hybrid=hybrid, min_support=MIN_SUPPORT if attribution else None)
+                                  hybrid=hybrid, min_support=MIN_SUPPORT if attribution else None, dtype=dtype)
     timing["chain_load_s"] = time.perf_counter() - t
     if generator is not None and chain.generator is None:
         chain.close()
@@ -652,10 +367,11 @@ def to_markdown(result: dict[str, Any], examples: int = 3) -> str:
 
 def write_rag_result(result: dict[str, Any], out: str | os.PathLike[str]) -> tuple[Path, Path]:
     """Write ``<stem>.json`` and ``<stem>.md`` into folder ``out`` (or next to the ``.json`` path given)."""
-    from bmrag.evaluation.run import write_result
+    from bmrag.evaluation.report import portable, write_result
 
     out = Path(out)
     target = out if out.suffix == ".json" else out / f"{result_stem(result)}.json"
+    result = portable(result)  # the .md below shows the same relative paths as the JSON
     path = write_result(result, target)
     md = path.with_suffix(".md")
     md.write_text(to_markdown(result), encoding="utf-8")

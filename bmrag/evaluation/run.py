@@ -10,11 +10,8 @@ Used by ``bmrag eval retrieval`` / ``bmrag eval sts`` and callable from Python::
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import platform
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -26,7 +23,13 @@ import numpy as np
 from bmrag import prompts
 from bmrag.evaluation import datasets as ds
 from bmrag.evaluation.metrics import DEFAULT_METRICS, evaluate_run
+from bmrag.evaluation.registry import instruction_for
+from bmrag.evaluation.report import environment, portable, reject_unknown, write_result
 from bmrag.evaluation.search import SearchMethod, chroma_search, exact_search
+
+__all__ = ["environment", "evaluate_retrieval", "evaluate_sts", "portable", "print_summary", "result_filename",
+           "write_result"]
+from bmrag.loading import dtype_name
 
 logger = logging.getLogger(__name__)
 
@@ -34,41 +37,6 @@ RETRIEVAL_SCHEMA = "bmrag.eval.retrieval/1"
 STS_SCHEMA = "bmrag.eval.sts/1"
 BM25 = "bm25"
 """The model name that selects the BM25 baseline instead of a dense encoder."""
-
-
-def environment() -> dict[str, Any]:
-    """Git commit (and whether the tree had local changes), library versions, machine: for reproducibility."""
-    import torch
-    import transformers
-
-    from bmrag import __version__
-
-    root = Path(__file__).resolve().parents[2]
-    commit, dirty = None, None
-    # GIT_OPTIONAL_LOCKS=0: read-only, never refreshes the index while others work in the repo.
-    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, env=env,
-                                timeout=10, check=True).stdout.strip() or None
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                                capture_output=True, text=True, env=env, timeout=10, check=True).stdout
-        dirty = bool(status.strip())
-    except (OSError, subprocess.SubprocessError):
-        pass  # not a git checkout (installed package): recorded as None
-    return {"git_commit": commit, "git_dirty": dirty, "bmrag_version": __version__,
-            "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "platform": platform.platform(),
-            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
-
-
-def write_result(result: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Write a result as indented JSON (atomically: a reader never sees half a file)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(target.suffix + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, target)
-    return target
 
 
 def _load_encoder(model: Any, *, revision: str | None, dtype: str | None, device: str | None,
@@ -83,16 +51,17 @@ def _load_encoder(model: Any, *, revision: str | None, dtype: str | None, device
                                               max_length=max_length, torch_compile=torch_compile)
 
 
-def _recipe_record(encoder: Any, instruction: str | None, task: str | None) -> dict[str, Any]:
+def _recipe_record(encoder: Any, instruction: str | None, task: str | None,
+                   origin: str | None = None) -> dict[str, Any]:
     recipe = encoder.recipe
     used = instruction if recipe.needs_instruction else None
-    return {"instruction": used, "task": task if used is not None else None,
+    return {"instruction": used, "task": task if used is not None else None, "instruction_origin": origin,
             "instruction_note": None if recipe.needs_instruction else
             "the query template has no {instruction} slot: queries are embedded as plain text",
             "query_template": recipe.query_template, "passage_template": recipe.passage_template,
             "pooling": recipe.pooling, "normalize": recipe.normalize, "max_length": recipe.max_length,
             "append_eos": recipe.append_eos, "padding_side": recipe.padding_side,
-            "dtype": str(encoder.dtype).removeprefix("torch."), "score": recipe.similarity}
+            "dtype": dtype_name(encoder.dtype), "score": recipe.similarity}
 
 
 def _provenance(model_record: dict[str, Any]) -> dict[str, Any] | None:
@@ -101,21 +70,6 @@ def _provenance(model_record: dict[str, Any]) -> dict[str, Any] | None:
 
     known = models.lookup(str(model_record.get("model") or ""))
     return None if known is None else {"source": known.source, "install": known.install}
-
-
-def _reject_unknown(kwargs: dict[str, Any], function: Any) -> None:
-    if not kwargs:
-        return
-    import difflib
-    import inspect
-
-    valid = [name for name in inspect.signature(function).parameters if name not in ("model", "kwargs")]
-    parts = []
-    for key in sorted(kwargs):
-        close = difflib.get_close_matches(key, valid, n=1)
-        parts.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-    raise TypeError(f"{function.__name__}() got unknown keyword argument(s) {', '.join(parts)}; "
-                    f"valid: {', '.join(valid)}")
 
 
 def _summary(result: dict[str, Any]) -> dict[str, Any]:
@@ -177,7 +131,7 @@ def evaluate_retrieval(
     Returns:
         The result record (also written to ``out``); ``result["metrics"]["ndcg@10"]`` is the headline.
     """
-    _reject_unknown(kwargs, evaluate_retrieval)
+    reject_unknown(kwargs, evaluate_retrieval)
     if search not in ("exact", "chroma"):
         raise ValueError(f"search must be 'exact' or 'chroma', got {search!r}")
     started = time.perf_counter()
@@ -189,7 +143,7 @@ def evaluate_retrieval(
     is_bm25 = isinstance(model, str) and model.lower() == BM25
 
     if is_bm25:
-        from bmrag.evaluation.bm25 import BM25Baseline
+        from bmrag.bm25 import BM25Baseline
 
         if search != "exact" or any(v is not None for v in (revision, dtype, device, max_length)):
             raise ValueError("bm25 takes none of --search chroma, --revision, --dtype, --device, --max-length")
@@ -211,12 +165,17 @@ def evaluate_retrieval(
         encoder = _load_encoder(model, revision=revision, dtype=dtype, device=device, max_length=max_length,
                                 torch_compile=torch_compile)
         timing["load_model_s"] = time.perf_counter() - t0
-        chosen_task = None if instruction is not None else ds.instruction_for(data_set.spec, task)
-        text = prompts.resolve_instruction(instruction, chosen_task) or encoder.default_instruction
+        choice = prompts.choose_instruction(instruction, task,
+                                            dataset_task=data_set.spec.task if data_set.spec else None,
+                                            model_default=encoder.default_instruction)
+        text, chosen_task = choice.text, choice.task
         if encoder.recipe.needs_instruction and text is None:
             # Fail before the (slow) corpus encoding, not after it.
             raise ValueError(f"{data_set.name} is not in the registry and the model needs a query instruction: "
                              f"pass --task (one of {', '.join(sorted(prompts.INSTRUCTIONS))}) or --instruction")
+        if encoder.recipe.needs_instruction and data_set.spec is None:
+            # A custom folder has no registered task: say which instruction its queries get, before encoding.
+            logger.warning("%s is not a registered dataset: queries use %s: %r", data_set.name, choice.origin, text)
         t0 = time.perf_counter()
         if use_cache:
             cache = EmbeddingCache(cache_dir)
@@ -241,7 +200,7 @@ def evaluate_retrieval(
                        show_progress_bar=show_progress_bar)
         timing["search_s"] = time.perf_counter() - t0
         model_record = encoder.describe()
-        recipe_record = _recipe_record(encoder, text, chosen_task)
+        recipe_record = _recipe_record(encoder, text, chosen_task, choice.origin)
         search_record = {"method": search, "top_k": top_k, "score": score}
         examples = {"query": encoder.format_query(data_set.queries[query_ids[0]], instruction=text),
                     "document": encoder.format_document(data_set.corpus[doc_ids[0]])}
@@ -301,7 +260,7 @@ def evaluate_sts(
     See :mod:`bmrag.evaluation.sts` for the protocol. ``model="bm25"`` scores pairs with a symmetric BM25
     (a lexical reference). Arguments as :func:`evaluate_retrieval`; unknown keyword arguments raise ``TypeError``.
     """
-    _reject_unknown(kwargs, evaluate_sts)
+    reject_unknown(kwargs, evaluate_sts)
     from bmrag.evaluation.sts import correlations, cosine_pair_scores
 
     started = time.perf_counter()
@@ -310,7 +269,7 @@ def evaluate_sts(
     pairs = [(p.sentence1, p.sentence2) for p in data_set.pairs]
     gold = [p.score for p in data_set.pairs]
     if isinstance(model, str) and model.lower() == BM25:
-        from bmrag.evaluation.bm25 import BM25Baseline, bm25_pair_scores
+        from bmrag.bm25 import BM25Baseline, bm25_pair_scores
 
         if any(v is not None for v in (revision, dtype, device, max_length)):
             raise ValueError("bm25 takes none of --revision, --dtype, --device, --max-length")
@@ -324,7 +283,7 @@ def evaluate_sts(
         t0 = time.perf_counter()
         encoder = _load_encoder(model, revision=revision, dtype=dtype, device=device, max_length=max_length)
         timing["load_model_s"] = time.perf_counter() - t0
-        chosen_task = ds.instruction_for(data_set.spec, task) or "biosses"
+        chosen_task = instruction_for(data_set.spec, task) or "biosses"
         t0 = time.perf_counter()
         predicted = cosine_pair_scores(encoder, pairs, task=chosen_task, batch_size=batch_size,
                                        show_progress_bar=show_progress_bar)

@@ -14,7 +14,9 @@ from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 
 from bmrag import prompts
-from bmrag.encoder import BMRetrieverEncoder, reject_unknown_kwargs
+from bmrag.encoder import BMRetrieverEncoder
+from bmrag.loading import DTypeName, dtype_name
+from bmrag.validation import reject_unknown_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -36,21 +38,12 @@ def resolve_query_instruction(encoder: BMRetrieverEncoder, instruction: str | No
         else:
             logger.info("%s: %s embeds queries as %r (no instruction)", owner, model, encoder.recipe.query_template)
         return None, None
-    if instruction is not None and task is not None:
-        # A config saved by to_dict() carries both; accept it only when they agree.
-        if prompts.get_instruction(task) != instruction:
-            raise ValueError(f"{owner}: pass either instruction= or task=, not both (task {task!r} has instruction "
-                             f"{prompts.get_instruction(task)!r}, got {instruction!r})")
-        origin = f"task {task!r}"
-    elif instruction is not None:
-        instruction, origin = prompts.resolve_instruction(instruction=instruction), "instruction="
-    elif task is not None:
-        instruction, origin = prompts.get_instruction(task), f"task {task!r}"
-    elif encoder.default_instruction:
-        instruction, origin = encoder.default_instruction, f"{model}'s recorded default"
-    else:
-        task = prompts.DEFAULT_TASK
-        instruction, origin = prompts.get_instruction(task), f"default task {task!r}"
+    try:
+        choice = prompts.choose_instruction(instruction, task, model_default=encoder.default_instruction,
+                                            fallback_task=prompts.DEFAULT_TASK)
+    except ValueError as err:
+        raise ValueError(f"{owner}: {err}") from None
+    instruction, task, origin = choice.text, choice.task, choice.origin
     logger.info("%s: query instruction for %s (%s): %r", owner, model, origin, instruction)
     return instruction, task
 
@@ -67,7 +60,7 @@ class BMRetrieverEmbedding(BaseEmbedding):
     LlamaIndex embeds a node's ``get_content(MetadataMode.EMBED)``, which prepends its metadata
     (``"key: value"`` lines) unless the keys are listed in ``node.excluded_embed_metadata_keys``. For the
     exact recipe a node's text should be ``title + " " + text`` with every metadata key excluded
-    (``bmrag.store.corpus_to_nodes`` builds nodes that way).
+    (``bmrag.index.build.corpus_to_nodes`` builds nodes that way).
 
     Example:
         >>> emb = BMRetrieverEmbedding(model_name="BMRetriever/BMRetriever-410M", task="scifact")
@@ -76,9 +69,9 @@ class BMRetrieverEmbedding(BaseEmbedding):
 
     model_name: str = Field(description="Model loaded: Hub id, local path or offline alias (see bmrag.models).")
     revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit) to pin.")
-    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+    dtype: DTypeName | None = Field(
         default=None, description="Weights dtype; default bf16 on GPUs and bf16-capable CPUs, else fp32 "
-                                  "(bmrag.hardware.default_dtype; filled in with the dtype used).")
+                                  "(bmrag.loading.default_dtype; filled in with the dtype used).")
     device: str | None = Field(default=None, description="'cpu', 'cuda', 'cuda:1'...; default cuda when available.")
     max_length: int | None = Field(default=None, description="Tokens per text including EOS (recipe: 512).")
     pooling: Literal["last", "mean", "cls"] | None = Field(default=None, description="Pooling (recipe: last).")
@@ -104,7 +97,7 @@ class BMRetrieverEmbedding(BaseEmbedding):
         instruction, task = resolve_query_instruction(encoder, instruction, task, "BMRetrieverEmbedding")
         recipe = encoder.recipe
         super().__init__(model_name=encoder.source.model, revision=encoder.source.revision,
-                         dtype=str(encoder.dtype).removeprefix("torch."), device=str(encoder.device),
+                         dtype=dtype_name(encoder.dtype), device=str(encoder.device),
                          max_length=recipe.max_length, pooling=recipe.pooling, normalize=recipe.normalize,
                          instruction=instruction, task=task, embed_batch_size=embed_batch_size, **kwargs)
         self._encoder = encoder
@@ -171,7 +164,7 @@ def encoder_for(model_name: str | None, encoder: BMRetrieverEncoder | None, load
 
 def _current(encoder: BMRetrieverEncoder, option: str) -> Any:
     if option == "dtype":
-        return str(encoder.dtype).removeprefix("torch.")
+        return dtype_name(encoder.dtype)
     if option == "device":
         return str(encoder.device)
     if option == "revision":

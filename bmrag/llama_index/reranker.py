@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Any
 
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.callbacks import CBEventType, EventPayload
@@ -12,8 +12,10 @@ from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRan
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
-from bmrag.encoder import BMRetrieverEncoder, reject_unknown_kwargs
+from bmrag.encoder import BMRetrieverEncoder
 from bmrag.llama_index.embedding import encoder_for, resolve_query_instruction
+from bmrag.loading import DTypeName, dtype_name
+from bmrag.validation import reject_unknown_kwargs
 
 logger = logging.getLogger(__name__)
 dispatcher = get_dispatcher(__name__)
@@ -40,7 +42,7 @@ class BMRetrieverReranker(BaseNodePostprocessor):
 
     model_name: str = Field(description="Model loaded: Hub id, local path or offline alias (see bmrag.models).")
     revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit) to pin.")
-    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(default=None, description="Weights dtype.")
+    dtype: DTypeName | None = Field(default=None, description="Weights dtype.")
     device: str | None = Field(default=None, description="'cpu', 'cuda', ...; default cuda when available.")
     top_n: int = Field(default=5, gt=0, description="Number of nodes returned, best first.")
     instruction: str | None = Field(default=None, description="Query instruction actually used (resolved).")
@@ -61,7 +63,7 @@ class BMRetrieverReranker(BaseNodePostprocessor):
         encoder = encoder_for(model_name, encoder, load, "BMRetrieverReranker")
         instruction, task = resolve_query_instruction(encoder, instruction, task, "BMRetrieverReranker")
         super().__init__(model_name=encoder.source.model, revision=encoder.source.revision,
-                         dtype=str(encoder.dtype).removeprefix("torch."), device=str(encoder.device), top_n=top_n,
+                         dtype=dtype_name(encoder.dtype), device=str(encoder.device), top_n=top_n,
                          instruction=instruction, task=task, batch_size=batch_size, **kwargs)
         self._encoder = encoder
 

@@ -18,7 +18,7 @@ main() {
 
   RUN=${RUN:-artifacts/bmrag-mini}
   DATA=${DATA:-artifacts/data}
-  SHARED=${BMRAG_DATA:-/work/shared/data}
+  SHARED=${BMRAG_DATA:-../shared/data}
   THREADS=${THREADS:-2}
   CONFIGS=retriever_training/configs
   # PASSIVE: OpenMP threads sleep at barriers instead of spinning. On a shared, oversubscribed CPU spinning

@@ -8,7 +8,7 @@ the paper's constant). RRF uses ranks only, so BM25's unbounded scores and the m
 products never have to be put on one scale.
 
 * **BM25 side** (:class:`CollectionBM25`): the texts stored in the collection (what the dense side embedded:
-  title + chunk) indexed with :class:`bmrag.evaluation.bm25.BM25Baseline` (bm25s, Lucene BM25, k1=0.9, b=0.4,
+  title + chunk) indexed with :class:`bmrag.bm25.BM25Baseline` (bm25s, Lucene BM25, k1=0.9, b=0.4,
   the same tokeniser as the BM25 evaluation baseline). Built lazily on the first hybrid query and cached per
   collection (:func:`bm25_for_collection`); rebuilt when the collection's count changes. (A delete plus an
   add between two queries leaves the count unchanged and is not noticed: re-open the process after such
@@ -132,7 +132,7 @@ class CollectionBM25:
     """
 
     def __init__(self, collection: Any, *, k1: float = 0.9, b: float = 0.4) -> None:
-        from bmrag.evaluation.bm25 import BM25Baseline
+        from bmrag.bm25 import BM25Baseline
 
         start = time.perf_counter()
         ids: list[str] = []

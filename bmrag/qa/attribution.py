@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from bmrag.citations import parse_citations
-from bmrag.evaluation.bm25 import tokenize
+from bmrag.bm25 import tokenize
+from bmrag.qa.citations import parse_citations
 
 MIN_SUPPORT = 0.5
 """Share of a sentence's content words a passage must contain to be cited for it (see docs/qa-chain.md)."""

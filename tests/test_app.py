@@ -1,4 +1,4 @@
-"""The clinical QA app's handlers (bmrag.ui) and a gradio_client smoke test of the served app.
+"""The clinical QA app's handlers (bmrag.app) and a gradio_client smoke test of the served app.
 
 Real retrieval (all-MiniLM-L6-v2, real Chroma index of 24 bundled documents), real chain and citation check.
 Most tests use a labelled test double for the LLM (tests/ui_helpers.py: fast, and it always cites [1], so the
@@ -17,8 +17,11 @@ from pathlib import Path
 import pytest
 from ui_helpers import ASTHMA, STATINS_AF, STATINS_QUESTION, STROKE, free_port, small_index, stand_in_generator
 
-from bmrag import ui
-from bmrag.ui import MAX_QUESTION_CHARS, AppConfig, DemoService, EvidenceRow, render_evidence, truncate_question
+from bmrag import loading
+from bmrag.app.gradio_app import EXAMPLE_QUESTIONS, launch
+from bmrag.app.render import EvidenceRow, render_evidence
+from bmrag.app.service import MAX_QUESTION_CHARS, AppConfig, DemoService, truncate_question
+from bmrag.models import DEFAULT_API_BASE
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -132,8 +135,8 @@ def test_generator_down_shows_evidence_only_with_a_message(down_service):
 
 
 def test_empty_and_missing_index_say_how_to_build_one(tmp_path):
-    from bmrag.demo import load_embedding
-    from bmrag.store import open_store
+    from bmrag.index.open import load_embedding
+    from bmrag.index.store import open_store
 
     open_store(tmp_path / "empty", load_embedding("all-MiniLM-L6-v2")).close()
     for where, expected in ((tmp_path / "empty", "is empty"), (tmp_path / "missing", "no index directory")):
@@ -158,7 +161,7 @@ def test_concurrent_questions_all_answer(service):
     def one(question: str) -> None:
         results.append(list(service.ask(question))[-1].status)
 
-    threads = [threading.Thread(target=one, args=(q,)) for q in ui.EXAMPLE_QUESTIONS[:3] * 2]
+    threads = [threading.Thread(target=one, args=(q,)) for q in EXAMPLE_QUESTIONS[:3] * 2]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -170,7 +173,7 @@ def test_gradio_client_smoke(service):
     from gradio_client import Client
 
     port = free_port()
-    app, url = ui.launch(service, port=port, block=False, quiet=True)
+    app, url = launch(service, port=port, block=False, quiet=True)
     try:
         assert url.startswith(f"http://127.0.0.1:{port}")
         client = Client(url, verbose=False)
@@ -196,9 +199,9 @@ def test_launcher_smoke_mode_exit_status(index_dir):
 
 
 def test_app_defaults_match_the_library_and_building_the_cli_stays_light():
-    from bmrag import generate
+    from bmrag import generators
 
-    assert ui.DEFAULT_API_BASE == generate.DEFAULT_API_BASE
+    assert DEFAULT_API_BASE == generators.DEFAULT_API_BASE
     code = "import sys, bmrag.cli; bmrag.cli.build_parser(); print('llama_index.core' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr  # `bmrag --help` must not import the generation stack
@@ -207,13 +210,13 @@ def test_app_defaults_match_the_library_and_building_the_cli_stays_light():
 def test_the_embedded_generator_streams_a_cited_answer(index_dir):
     import torch
 
-    from bmrag import generate, hardware
+    from bmrag import generators
 
     threads = torch.get_num_threads()
     svc = DemoService(AppConfig(index_dir=index_dir),
-                      generator=generate.load_generator("local", max_new_tokens=40, threads=1))
+                      generator=generators.load_generator("local", max_new_tokens=40, threads=1))
     try:
-        assert f"(greedy, {hardware.default_dtype('cpu')}, up to 40 tokens)" in svc.status_line()
+        assert f"(greedy, {loading.default_dtype('cpu')}, up to 40 tokens)" in svc.status_line()
         views = _final(svc.ask("What are the symptoms of asthma?", top_k=3))
         final = views[-1]
         assert final.status == "answered", final.details

@@ -1,7 +1,7 @@
 """Document sources for ``bmrag index``: BEIR corpora, folders of ``.txt``/``.md`` files, PubMed/MEDLINE XML.
 
 Every source becomes the same BEIR-style records, ``{doc_id: {"title", "text", "metadata"}}`` (what
-:func:`bmrag.readers.load_corpus` returns and :func:`bmrag.store.corpus_to_nodes` takes), and a
+:func:`bmrag.index.readers.load_corpus` returns and :func:`bmrag.index.build.corpus_to_nodes` takes), and a
 :class:`SourceReport` saying what was read, skipped and repaired. :func:`read_source` picks the reader
 from what the path is.
 
@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from bmrag.readers import DataError, ReadReport, load_corpus
+from bmrag.index.readers import DataError, ReadReport, load_corpus
+from bmrag.index.sample import DEMO_CORPUS
 
 SourceKind = Literal["beir", "text", "pubmed"]
 Record = dict[str, Any]
@@ -72,7 +73,7 @@ class SourceReport(ReadReport):
     """What :func:`read_source` read and skipped; the lists hold the first few examples, the counts all.
 
     Inherits ``read``, ``skipped_empty`` (ids or files), ``skipped_bad`` (``"file:line: reason"``) and
-    ``duplicate_ids`` from :class:`bmrag.readers.ReadReport`.
+    ``duplicate_ids`` from :class:`bmrag.index.readers.ReadReport`.
     """
 
     kind: str = ""
@@ -342,11 +343,11 @@ def read_source(path: str | os.PathLike[str], *, skip_bad: bool = False,
     Returns:
         ``({doc_id: {"title", "text", "metadata"}}, report)``. Duplicate ids in XML and text sources
         keep the first occurrence and are listed in ``report.duplicate_ids``; in a BEIR file a duplicate
-        ``_id`` is a malformed record (:func:`bmrag.readers.load_corpus`).
+        ``_id`` is a malformed record (:func:`bmrag.index.readers.load_corpus`).
 
     Raises:
         DataError: Naming the file (and line) of the problem, see :func:`detect_source`,
-            :func:`iter_pubmed_xml` and :func:`bmrag.readers.load_corpus`.
+            :func:`iter_pubmed_xml` and :func:`bmrag.index.readers.load_corpus`.
     """
     path = Path(path).expanduser()
     report = report if report is not None else SourceReport()
@@ -374,3 +375,27 @@ def read_source(path: str | os.PathLike[str], *, skip_bad: bool = False,
         records[doc_id] = record
         report.read += 1
     return records, report
+
+
+def read_documents(source: str | os.PathLike[str] | None, *, skip_bad: bool = False,
+                   report: SourceReport | None = None) -> tuple[dict[str, dict[str, Any]], str]:
+    """Documents from any source :func:`read_source` reads, or the bundled sample (None).
+
+    Sources: a BEIR folder or ``.jsonl``/``.jsonl.gz`` corpus file, PubMed/MEDLINE ``.xml[.gz]`` files,
+    or a folder of ``.txt``/``.md`` files.
+
+    Args:
+        source: The path, or None for the bundled sample corpus.
+        skip_bad: Count malformed records in ``report`` instead of raising.
+        report: Filled with what was read and skipped (see :class:`SourceReport`).
+
+    Returns:
+        ``({doc_id: {"title", "text", "metadata"}}, description)``.
+
+    Raises:
+        bmrag.index.readers.DataError: Missing file, malformed record (file and line named), unsupported source.
+    """
+    path = DEMO_CORPUS if source is None else Path(source).expanduser()
+    corpus, report = read_source(path, skip_bad=skip_bad, report=report)
+    label = "the bundled sample corpus" if source is None else f"{path} ({report.kind})"
+    return corpus, label

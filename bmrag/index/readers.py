@@ -152,6 +152,9 @@ def load_queries(folder: str | os.PathLike[str]) -> dict[str, str]:
         if "_id" not in record or not isinstance(record.get("text"), str):
             raise DataError(f"{path}:{lineno}: a query needs '_id' and a string 'text'")
         qid = str(record["_id"])
+        if not record["text"].strip():
+            # Caught here, before a retriever spends minutes encoding the corpus.
+            raise DataError(f"{path}:{lineno}: query {qid!r} has an empty 'text'")
         if qid in queries:
             raise DataError(f"{path}:{lineno}: duplicate query _id {qid!r}")
         queries[qid] = record["text"]
