@@ -84,9 +84,19 @@ def build_app(service: DemoService) -> gr.Blocks:
         inputs = [question, top_k, rerank, hybrid, year_min, year_max, pub_types]
         outputs = [answer, evidence, message, details, status]
         limit = service.config.queue_concurrency
-        ask.click(handle, inputs, outputs, api_name="ask", concurrency_limit=limit, concurrency_id="ask")
-        question.submit(handle, inputs, outputs, api_visibility="private", concurrency_limit=limit,
-                        concurrency_id="ask")
+
+        # Ask is disabled while its question is answered, so a second click cannot queue a duplicate run.
+        def busy() -> tuple[Any, Any]:
+            return gr.Button("Answering...", interactive=False), gr.Textbox(interactive=False)
+
+        def idle() -> tuple[Any, Any]:
+            return gr.Button("Ask", interactive=True), gr.Textbox(interactive=True)
+
+        for trigger, visibility in ((ask.click, "public"), (question.submit, "private")):
+            run = trigger(busy, None, [ask, question], queue=False, api_visibility="private")
+            run = run.then(handle, inputs, outputs, api_name="ask" if visibility == "public" else None,
+                           api_visibility=visibility, concurrency_limit=limit, concurrency_id="ask")
+            run.then(idle, None, [ask, question], queue=False, api_visibility="private")
     return app
 
 

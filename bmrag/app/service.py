@@ -32,12 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from bmrag.app.render import AnswerView, evidence_rows
+from bmrag.app.render import AnswerView, EvidenceRow, evidence_rows
 from bmrag.app.streaming import StreamingGenerator
 from bmrag.loading import DTypeName
 from bmrag.models import DEFAULT_API_BASE
 from bmrag.options import DEFAULT_RERANK_MODEL
 from bmrag.qa.chain import first_stage_candidates
+from bmrag.qa.evidence import Evidence
+from bmrag.qa.result import AskResult
 
 if TYPE_CHECKING:
     from bmrag.generators import Generator
@@ -298,24 +300,36 @@ class DemoService:
         updates: queue.Queue[tuple[str, Any]] = queue.Queue()
         start = time.perf_counter()
 
+        def evidence_ready(given: list[Evidence], held: list[Evidence]) -> None:
+            updates.put(("evidence", given))
+
         def work() -> None:
             try:
                 with self._lock:
                     chain = self._view_chain(top_k, bool(rerank), generator)
                     if generator is None:
-                        result = chain.ask(text, **filters)
+                        result = chain.ask(text, on_evidence=evidence_ready, **filters)
                     else:
                         with generator.streaming(lambda so_far: updates.put(("delta", so_far)), self._lock):
-                            result = chain.ask(text, **filters)
+                            result = chain.ask(text, on_evidence=evidence_ready, **filters)
                 updates.put(("done", result))
             except Exception as err:  # noqa: BLE001 (shown to the user; the traceback goes to the server log)
                 updates.put(("error", err))
 
         threading.Thread(target=work, name="bmrag-ask", daemon=True).start()
+        rows: list[EvidenceRow] = []
         while True:
             kind, payload = updates.get()
+            if kind == "evidence":
+                # Shown as soon as retrieval has chosen it, while the answer is still being written.
+                rows = evidence_rows(AskResult(question=text, status="answered", evidence=payload),
+                                     self._metadata([item.node_id for item in payload]))
+                yield AnswerView("working", answer="_Writing the answer..._" if payload and generator else
+                                 "_Checking the evidence..._", evidence=rows, message="\n\n".join(notices),
+                                 details={"status": "working", "ui": ui})
+                continue
             if kind == "delta":
-                yield AnswerView("working", answer=payload + " ▌", message="\n\n".join(notices),
+                yield AnswerView("working", answer=payload + " ▌", evidence=rows, message="\n\n".join(notices),
                                  details={"status": "working", "ui": ui})
                 continue
             if kind == "error":

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -38,7 +38,7 @@ from bmrag.index.manifest import DEFAULT_COLLECTION
 from bmrag.qa import citations, fusion
 from bmrag.qa.answer import attribute_answer, cited_sources, declined, drop_repeated_sentences
 from bmrag.qa.attribution import MIN_SUPPORT
-from bmrag.qa.evidence import default_min_score, evidence_from_nodes, select_evidence
+from bmrag.qa.evidence import Evidence, default_min_score, evidence_from_nodes, select_evidence
 from bmrag.qa.filters import build_filters, describe_filters, explain_no_match
 from bmrag.qa.prompt import CANNOT_ANSWER, build_messages, fit_texts
 from bmrag.qa.result import AskResult
@@ -252,7 +252,8 @@ class QAChain:
         return nodes, info
 
     def ask(self, question: str, *, year_min: int | None = None, year_max: int | None = None,
-            pub_types: Sequence[str] | None = None, hybrid: bool | None = None) -> AskResult:
+            pub_types: Sequence[str] | None = None, hybrid: bool | None = None,
+            on_evidence: Callable[[list[Evidence], list[Evidence]], None] | None = None) -> AskResult:
         """Answer ``question`` from the index with checked citations (see the module docstring).
 
         Args:
@@ -262,6 +263,8 @@ class QAChain:
             pub_types: Only passages whose ``pub_type`` is one of these.
             hybrid: BM25 + dense retrieval fused by RRF (True), dense only (False), or the chain's default
                 (None). The filters apply to both retrievers; ``result.retrieval["mode"]`` says which ran.
+            on_evidence: Called with the passages given and held back as soon as retrieval (and rerank) has
+                chosen them, before any answer is generated: the app shows the evidence while the answer is written.
 
         Raises:
             ValueError: Empty question or invalid filters.
@@ -291,6 +294,8 @@ class QAChain:
         result.timings["rerank"] = time.perf_counter() - t
         given, held = select_evidence(evidence_from_nodes(nodes), self.min_score, self.k)
         result.evidence, result.held_back = given, held
+        if on_evidence is not None:
+            on_evidence(list(given), list(held))
 
         if not nodes:
             result.status = "no_passages"
