@@ -92,42 +92,76 @@ COMMANDS.extend([_add_index, _add_search, _add_demo])
 
 
 # ------------------------------------------------------------------------------------- ask / serve-llm
+def _read_questions(path: str) -> list[str]:
+    """One question per non-blank line of ``path`` (UTF-8); errors name the file and line."""
+    from pathlib import Path
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"--questions {file}: no such file")
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"--questions {file}: not valid UTF-8 ({err.reason} at byte {err.start})") from None
+    questions = [line.strip() for line in lines if line.strip()]
+    if not questions:
+        raise ValueError(f"--questions {file}: no question in the file (one per line)")
+    return questions
+
+
 def _run_ask(args: argparse.Namespace) -> int:
+    import json
+
     from bmrag.qa.attribution import MIN_SUPPORT
     from bmrag.qa.chain import QAChain
 
-    if not args.question.strip():
+    if (args.question is None) == (args.questions is None):
+        raise ValueError("give one question, or --questions FILE (one per line), not both")
+    questions = _read_questions(args.questions) if args.questions else [args.question]
+    if not questions[0].strip():
         raise ValueError("the question is empty")
     options.check_generator_args(args.backend, args)
+    threads = options.apply_threads(args)
     min_score = None if args.no_score_threshold else ("auto" if args.min_score is None else args.min_score)
     chain = QAChain.from_index(args.index, collection=args.collection, k=args.k,
                                candidates=args.candidates, rerank=args.rerank, backend=args.backend,
                                llm_model=args.llm_model, api_base=args.api_base, min_score=min_score,
                                max_new_tokens=args.max_new_tokens, health_timeout=args.health_timeout,
-                               threads=args.threads, dtype=args.dtype, hybrid=args.hybrid,
+                               threads=threads if args.backend == "local" else None, dtype=args.dtype,
+                               hybrid=args.hybrid, answer=args.answer,
                                min_support=None if args.no_attribution else MIN_SUPPORT)
+    print(f"bmrag ask: {chain.describe_setup()}; {threads} CPU thread(s) ({args.threads_origin})", file=sys.stderr)
+    code = 0
     try:
-        result = chain.ask(args.question, year_min=args.year_min, year_max=args.year_max, pub_types=args.pub_type)
+        for question in questions:
+            result = chain.ask(question, year_min=args.year_min, year_max=args.year_max, pub_types=args.pub_type)
+            if args.questions:
+                print(json.dumps(result.to_dict(), ensure_ascii=False), flush=True)
+            elif args.json:
+                print(result.to_json())
+            else:
+                print(result.format())
+            code = max(code, result.exit_code)
     finally:
         chain.close()
-    if args.json:
-        print(result.to_json())
-    else:
-        print(result.format())
-    if result.status == "generator_unavailable":
+    if chain.answer == "generative" and chain.generator is None:
         print(f"bmrag ask: {chain.generator_error}", file=sys.stderr)
-    return result.exit_code
+    return code
 
 
 def _add_ask(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "ask", help="answer a question from an index with numbered, checked citations",
-        description="Retrieve (dense top-k from the Chroma index, optional rerank), give the passages to a "
-                    "generator as numbered evidence, and check every [n] citation of the answer. Exit status: 0 "
-                    "answered (or refused: weak evidence / the model declined), 2 usage or input error, 3 the "
-                    "generator is unavailable (the evidence is still printed), 4 nothing retrieved (empty index "
-                    "or filters that match nothing).")
-    parser.add_argument("question", help="the question, quoted")
+        description="Retrieve (dense top-k from the Chroma index, optional rerank) and answer from the numbered "
+                    "passages: sentences quoted from them (--answer extractive, the default offline) or generated "
+                    "and checked sentence by sentence (--answer generative, the default with --backend vllm); when "
+                    "the sources don't answer, it says so and shows the nearest passages. Exit status: 0 answered, "
+                    "partially supported or abstained, 2 usage or input error, 3 the generator is unavailable (the "
+                    "evidence is still printed), 4 nothing retrieved (empty index or filters that match nothing).")
+    parser.add_argument("question", nargs="?", default=None, help="the question, quoted")
+    parser.add_argument("--questions", default=None, metavar="FILE",
+                        help="answer every line of FILE (one question per line) in one process, printing one JSON "
+                             "object per line (the fields of --json)")
     options.add_index_options(parser)
     options.add_top_k_option(parser)
     parser.add_argument("--candidates", type=int, default=None,
@@ -135,6 +169,7 @@ def _add_ask(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--rerank", default=None, metavar="MODEL",
                         help="re-score the candidates with this BMRetriever model (Hub id, dir or alias)")
     options.add_hybrid_option(parser)
+    options.add_answer_option(parser)
     options.add_generator_options(parser, health_timeout=True)
     parser.add_argument("--year-min", type=int, default=None, help="only passages with metadata year >= Y")
     parser.add_argument("--year-max", type=int, default=None, help="only passages with metadata year <= Y")

@@ -65,9 +65,13 @@ def default_threads(cores: int | None = None, load: float | None = None) -> int:
         load: Busy cores (default: the 1-minute load average, 0 where the OS has none).
     """
     cores = usable_cores() if cores is None else cores
-    if load is None:
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    load = load_average() if load is None else load
     return max(1, min(cores, cores - round(load)))
+
+
+def load_average() -> float:
+    """The 1-minute load average (busy cores), 0 where the OS has none."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
 
 
 def describe_cpu() -> str:

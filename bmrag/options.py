@@ -51,6 +51,19 @@ def add_hybrid_option(parser: argparse.ArgumentParser) -> None:
                              "the evidence threshold still uses each passage's dense score")
 
 
+ANSWER_CHOICES = ("extractive", "generative")
+"""Answer modes (``bmrag.qa.grounding.ANSWER_MODES``, repeated as plain strings so the parser imports nothing)."""
+
+
+def add_answer_option(parser: argparse.ArgumentParser) -> None:
+    """``--answer extractive|generative`` (default: generative with ``--backend vllm``, else extractive)."""
+    parser.add_argument("--answer", choices=ANSWER_CHOICES, default=None,
+                        help="extractive: 1-4 sentences quoted verbatim from the retrieved passages, no generator "
+                             "(the default unless a served generator is configured); generative: the generator "
+                             "writes the answer and every sentence is checked against the passages (the default "
+                             "with --backend vllm; the embedded model only when asked for)")
+
+
 def add_generator_options(parser: argparse.ArgumentParser, *, backend_flag: str = "--backend",
                           health_timeout: bool = False) -> None:
     """The generator: backend, model, server URL, budget, threads and the in-process dtype.
@@ -96,6 +109,25 @@ def check_generator_args(backend: str | None, args: argparse.Namespace) -> None:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
 
 
+def apply_threads(args: argparse.Namespace) -> int:
+    """Set torch's CPU threads for this process: ``--threads``, else :func:`bmrag.hardware.default_threads`.
+
+    Records where the number came from in ``args.threads_origin`` (printed at start) and returns it.
+    """
+    from bmrag import hardware
+
+    if args.threads is not None:
+        threads, args.threads_origin = args.threads, "--threads"
+    else:
+        threads = hardware.default_threads()
+        args.threads_origin = (f"default: {hardware.usable_cores()} cores, load "
+                               f"{hardware.load_average():.1f}; --threads to choose")
+    import torch
+
+    torch.set_num_threads(threads)
+    return threads
+
+
 def add_app_options(parser: argparse.ArgumentParser, *, smoke_question: str) -> None:
     """The web app's own options: reranker model, concurrency, host, port and the headless ``--smoke`` check."""
     parser.add_argument("--rerank-model", default=DEFAULT_RERANK_MODEL,
@@ -113,5 +145,6 @@ def add_app_arguments(parser: argparse.ArgumentParser, *, index: bool = True, sm
     """Every option of the web app (``apps/clinical_qa.py``; ``bmrag demo`` adds its index options itself)."""
     if index:
         add_index_options(parser)
+    add_answer_option(parser)
     add_generator_options(parser)
     add_app_options(parser, smoke_question=smoke_question)

@@ -33,7 +33,7 @@ def index_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def service(index_dir):
-    svc = DemoService(AppConfig(index_dir=index_dir), generator=stand_in_generator())
+    svc = DemoService(AppConfig(index_dir=index_dir, answer="generative"), generator=stand_in_generator())
     yield svc
     svc.close()
 
@@ -87,7 +87,7 @@ def test_settings_reach_the_chain(service):
     assert final.details["reranker"]["model"] == "all-MiniLM-L6-v2"
     assert final.evidence[0].source_id in ASTHMA
     final = _final(service.ask("What are the symptoms of asthma?", top_k=2, hybrid=True))[-1]
-    assert final.details["retrieval"]["mode"].startswith("hybrid") and "retrieval: hybrid" in final.message
+    assert final.details["retrieval"]["mode"].startswith("hybrid") and "retrieval: hybrid" in final.run_status
     assert final.status == "answered" and final.evidence[0].source_id in ASTHMA
 
 
@@ -177,11 +177,11 @@ def test_gradio_client_smoke(service):
     try:
         assert url.startswith(f"http://127.0.0.1:{port}")
         client = Client(url, verbose=False)
-        answer, evidence, message, details, status = client.predict(
+        answer, evidence, message, details, run_status, status = client.predict(
             STATINS_QUESTION, 3, False, False, "", "", [], api_name="/ask")
         assert "[1]" in answer and details["status"] == "answered"
         assert 'data-cited="true"' in evidence and "pubmed.ncbi.nlm.nih.gov/21881325" in evidence
-        assert "chunks" in status and "Status: answered" in message
+        assert "chunks" in status and "Status: answered" in run_status
     finally:
         app.close()
 
@@ -213,13 +213,15 @@ def test_the_embedded_generator_streams_a_cited_answer(index_dir):
     from bmrag import generators
 
     threads = torch.get_num_threads()
-    svc = DemoService(AppConfig(index_dir=index_dir),
+    svc = DemoService(AppConfig(index_dir=index_dir, answer="generative"),
                       generator=generators.load_generator("local", max_new_tokens=40, threads=1))
     try:
         assert f"(greedy, {loading.default_dtype('cpu')}, up to 40 tokens)" in svc.status_line()
         views = _final(svc.ask("What are the symptoms of asthma?", top_k=3))
         final = views[-1]
-        assert final.status == "answered", final.details
+        # Every shown sentence is supported; unsupported ones are listed apart (then the status says so).
+        assert final.status in ("answered", "partially_supported"), final.details
+        assert (final.status == "partially_supported") == bool(final.details["unsupported"])
         assert any(v.status == "working" and v.answer.endswith("▌") for v in views)  # it streamed
         cited = [row for row in final.evidence if row.cited]
         assert cited, final.answer  # SmolLM2 alone cited nothing in 12 of 12 benchmark answers: attribution did
@@ -231,3 +233,35 @@ def test_the_embedded_generator_streams_a_cited_answer(index_dir):
     finally:
         svc.close()
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def quoting_service(index_dir):
+    """The offline default: extractive answers, no generator loaded."""
+    svc = DemoService(AppConfig(index_dir=index_dir))
+    yield svc
+    svc.close()
+
+
+def test_extractive_default_quotes_the_evidence_and_shows_it_before_the_answer(quoting_service):
+    assert quoting_service.config.answer == "extractive" and quoting_service.generator is None
+    assert "sentences quoted from the sources" in quoting_service.status_line()
+    views = _final(quoting_service.ask("What are the warning signs of a stroke?", top_k=3))
+    early = [v for v in views if not v.final and v.evidence]
+    assert early and early[0].answer == "_Checking the evidence..._"  # evidence shown before the answer is ready
+    final = views[-1]
+    assert final.status == "answered" and final.details["answer_mode"] == "extractive"
+    by_number = {row.number: row for row in final.evidence}
+    quoted = final.details["quotes"]["sentences"]
+    assert 1 <= len(quoted) <= 4
+    for sentence in quoted:  # every quoted sentence is verbatim in the passage it cites, and the answer shows it
+        assert sentence["text"] in by_number[sentence["passage"]].text
+        assert f"\u201c{sentence['text']}\u201d [{sentence['passage']}]" in final.answer
+    assert {row.number for row in final.evidence if row.cited} == {s["passage"] for s in quoted}
+
+
+def test_off_topic_question_abstains_and_still_shows_the_nearest_passages(quoting_service):
+    final = _final(quoting_service.ask("What is the capital of France?", top_k=3))[-1]
+    assert final.status == "abstained"
+    assert "don't answer this question" in final.answer
+    assert final.evidence and not any(row.cited for row in final.evidence)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from bmrag.qa.answer import attribute_answer, cited_sources
+from bmrag.qa.answer import cited_sources
 from bmrag.qa.attribution import MIN_SUPPORT, attribute, split_sentences
 from bmrag.qa.chain import QAChain
 from bmrag.qa.citations import validate_citations
 from bmrag.qa.evidence import Evidence
+from bmrag.qa.grounding import supported_sentences
 
 PASSAGES = [
     "Metformin in type 2 diabetes. Metformin lowers hepatic glucose production and is first-line therapy.",
@@ -65,17 +66,21 @@ def test_threshold_and_empty_inputs():
         QAChain(None, None, None, generator_error="none", min_support=-0.1)  # type: ignore[arg-type]
 
 
-def test_the_chain_step_marks_added_citations_and_keeps_the_model_s_own():
+def test_the_chain_step_keeps_supported_sentences_marks_added_citations_and_removes_the_rest():
     evidence = [Evidence(number=n, node_id=f"d{n}#0", doc_id=f"d{n}", title=title, text=text, score=0.9,
                             first_stage_score=0.9)
                 for n, (title, text) in enumerate([p.split(". ", 1) for p in PASSAGES], start=1)]
     check = validate_citations("Metformin lowers hepatic glucose production [1]. Aspirin irreversibly inhibits "
                                "cyclooxygenase-1 in platelets. Vitamin K reverses warfarin [7].", 2)
     written = list(check.cited)
-    checked, attribution, notes = attribute_answer(check, evidence, [e.text for e in evidence], MIN_SUPPORT)
-    assert checked.cited == [1, 2] and "[7]" not in checked.text
-    sources = cited_sources(checked, evidence, written)
+    checked = supported_sentences(check, evidence, [e.text for e in evidence], MIN_SUPPORT)
+    assert checked.check.cited == [1, 2] and "[7]" not in checked.check.text
+    assert checked.check.text == ("Metformin lowers hepatic glucose production [1]. Aspirin irreversibly inhibits "
+                                  "cyclooxygenase-1 in platelets [2].")
+    sources = cited_sources(checked.check, evidence, written)
     assert [(s["doc_id"], s["attributed"]) for s in sources] == [("d1", False), ("d2", True)]
-    assert any("added 1 citation(s) ([2]) by word overlap" in n for n in notes)
-    assert any("Vitamin K reverses warfarin" in n and "check it against the evidence" in n for n in notes)
-    assert attribution.to_dict()["min_support"] == MIN_SUPPORT
+    # The sentence no passage supports is removed from the answer and listed, not shown as an answer.
+    assert checked.unsupported == ["Vitamin K reverses warfarin."]
+    assert any("added the citation(s) [2]" in n for n in checked.notes)
+    assert any("removed 1 generated sentence(s) that none of the sources supports" in n for n in checked.notes)
+    assert checked.attribution.to_dict()["min_support"] == MIN_SUPPORT

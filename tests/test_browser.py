@@ -31,7 +31,7 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.is_file(),
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
     index_dir = small_index(tmp_path_factory.mktemp("browser_index"))
-    service = DemoService(AppConfig(index_dir=index_dir), generator=stand_in_generator())
+    service = DemoService(AppConfig(index_dir=index_dir, answer="generative"), generator=stand_in_generator())
     app, url = launch(service, port=free_port(), block=False, quiet=True)
     yield url
     app.close()
@@ -58,7 +58,7 @@ def test_question_to_cited_answer_and_evidence_in_chromium(app_url):
             page.locator("#bm-ask").click()
             answer = page.locator("#bm-answer")
             sync_api.expect(answer).to_contain_text(re.compile(r"\[1\]"), timeout=45_000)
-            sync_api.expect(page.locator("#bm-message")).to_contain_text("Status: answered", timeout=45_000)
+            sync_api.expect(page.locator("#bm-run-status")).to_contain_text("Status: answered", timeout=45_000)
 
             cited = page.locator('#bm-evidence .bm-card[data-cited="true"]')
             assert cited.count() == 1
@@ -98,7 +98,7 @@ def test_readme_screenshot_with_the_real_generator():
             page.get_by_text("Settings").click()
             page.locator("#bm-question textarea").fill(STATINS_QUESTION)
             page.locator("#bm-ask").click()
-            sync_api.expect(page.locator("#bm-message")).to_contain_text("Status:", timeout=180_000)
+            sync_api.expect(page.locator("#bm-run-status")).to_contain_text("Status:", timeout=180_000)
             raw = ARTIFACTS / "readme_raw.png"
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(raw), full_page=True)

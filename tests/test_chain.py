@@ -18,7 +18,8 @@ from bmrag.qa.chain import QAChain
 from bmrag.qa.citations import parse_citations, validate_citations
 from bmrag.qa.evidence import COSINE_MIN_SCORE, Evidence, default_min_score, select_evidence
 from bmrag.qa.filters import build_filters, describe_filters, explain_no_match
-from bmrag.qa.prompt import CANNOT_ANSWER, build_messages
+from bmrag.qa.grounding import ABSTAIN_MESSAGE
+from bmrag.qa.prompt import build_messages
 
 CORPUS = {
     "pmid-metformin": {"title": "Metformin in type 2 diabetes",
@@ -164,14 +165,16 @@ def test_server_down_still_returns_the_evidence_quickly(down_chain):
 
 
 def test_weak_evidence_is_refused_without_calling_the_generator(down_chain):
-    # Off-topic question: no passage reaches the cosine threshold, so the chain refuses by itself;
+    # Off-topic question: no passage reaches the cosine threshold, so the chain abstains by itself;
     # it does so even though the generator is down, because it would not be called anyway.
     result = down_chain.ask("What is the capital of France?")
-    assert result.status == "insufficient_evidence" and result.exit_code == 0
-    assert result.answer == CANNOT_ANSWER and result.raw_answer is None
-    assert result.evidence == [] and result.held_back
-    assert max(e.score for e in result.held_back) < COSINE_MIN_SCORE
-    assert "weak evidence" in result.notes[-1] and "generator was not called" in result.notes[-1]
+    assert result.status == "abstained" and result.exit_code == 0
+    assert result.answer == ABSTAIN_MESSAGE and result.raw_answer is None
+    # The nearest passages are still shown, numbered, though none answers.
+    assert [e.number for e in result.evidence] == list(range(1, len(result.evidence) + 1)) and result.evidence
+    assert max(e.score for e in result.evidence) < COSINE_MIN_SCORE
+    assert "below the evidence threshold" in result.notes[-1] and "nearest passages are shown" in result.notes[-1]
+    assert "Nearest passages (none answers the question)" in result.format()
 
 
 def test_year_filter_runs_inside_the_vector_store_query(down_chain):
@@ -213,12 +216,12 @@ def test_json_output_is_complete(down_chain):
     data = json.loads(down_chain.ask("What are the warning signs of a stroke?").to_json())
     assert data["status"] == "generator_unavailable" and data["exit_code"] == 3
     assert data["evidence"][0]["url"] == "https://medlineplus.gov/stroke.html"
-    assert set(data["timings"]) == {"retrieval", "rerank", "generation", "total"}
+    assert set(data["timings"]) == {"retrieval", "rerank", "extractive", "generation", "total"}
     assert data["retrieval"]["model"] == "all-MiniLM-L6-v2" and data["retrieval"]["score_kind"] == "cosine"
 
 
 def test_embedded_generator_answers_from_two_passages_with_a_valid_citation(index_dir, local_generator):
-    chain = QAChain.from_index(index_dir, k=2, min_score=None, generator=local_generator)
+    chain = QAChain.from_index(index_dir, k=2, min_score=None, generator=local_generator, answer="generative")
     try:
         result = chain.ask("What is the first-line drug for type 2 diabetes?")
     finally:
@@ -270,7 +273,7 @@ def test_cli_ask_attributes_by_default_and_not_with_no_attribution(index_dir, ca
 
     threads = torch.get_num_threads()
     question = ["ask", "What causes scurvy?", "--index", str(index_dir), "-k", "2", "--threads", "1",
-                "--max-new-tokens", "24", "--json"]
+                "--max-new-tokens", "24", "--json", "--answer", "generative"]
     try:
         assert main(question) == 0
         scored = json.loads(capsys.readouterr().out)

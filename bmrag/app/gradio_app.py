@@ -69,20 +69,21 @@ def build_app(service: DemoService) -> gr.Blocks:
                                                  else "this index has no publication types")
         gr.Markdown("### Answer")
         answer = gr.Markdown("", label="Answer", elem_id="bm-answer", container=True, min_height=60)
+        run_status = gr.Markdown("", elem_id="bm-run-status")
         message = gr.Markdown("", elem_id="bm-message")
         gr.Markdown("### Evidence")
-        evidence = gr.HTML(render_evidence([], empty="Evidence appears here with the answer."),
+        evidence = gr.HTML(render_evidence([], empty="Evidence appears here as soon as the passages are retrieved."),
                            elem_id="bm-evidence")
         with gr.Accordion("Details (JSON)", open=False):
             details = gr.JSON(label="Run details")
 
         def handle(q: str, k: float, rr: bool, hy: bool, y0: str | None, y1: str | None,
-                   pt: list[str] | None) -> Iterator[tuple[str, str, str, dict[str, Any], str]]:
+                   pt: list[str] | None) -> Iterator[tuple[str, str, str, dict[str, Any], str, str]]:
             for view in service.ask(q, int(k), rr, hy, y0, y1, pt):
                 yield (*view.outputs(), service.status_line())
 
         inputs = [question, top_k, rerank, hybrid, year_min, year_max, pub_types]
-        outputs = [answer, evidence, message, details, status]
+        outputs = [answer, evidence, message, details, run_status, status]
         limit = service.config.queue_concurrency
 
         # Ask is disabled while its question is answered, so a second click cannot queue a duplicate run.
@@ -162,6 +163,7 @@ def config_from_args(args: argparse.Namespace, index_dir: str | os.PathLike[str]
     """An :class:`AppConfig` from :func:`bmrag.options.add_app_arguments` options."""
     return AppConfig(index_dir=Path(index_dir), collection=args.collection, backend=args.backend,
                      api_base=args.api_base, llm_model=args.llm_model, threads=args.threads, dtype=args.dtype,
+                     answer=args.answer,
                      max_new_tokens=args.max_new_tokens, rerank_model=args.rerank_model,
                      concurrency_limit=args.concurrency, top_k=getattr(args, "k", None) or 3)
 

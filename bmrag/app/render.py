@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     from bmrag.qa.result import AskResult
 
-DISCLAIMER = ("**Not medical advice.** This is a research demo: a small model answers from a sample of "
-              "~350 biomedical documents and can be wrong or incomplete. Do not use it to diagnose or treat "
-              "anyone; ask a qualified clinician.")
+DISCLAIMER = ("**Not medical advice.** This is a research demo: answers are sentences quoted from (or checked "
+              "against) the indexed sources, which can be incomplete or out of date. Do not use it to diagnose or "
+              "treat anyone; ask a qualified clinician.")
 
-ViewStatus = Literal["answered", "insufficient_evidence", "model_declined", "no_passages", "generator_unavailable",
+ViewStatus = Literal["answered", "partially_supported", "abstained", "no_passages", "generator_unavailable",
                      "working", "no_index", "bad_input", "error"]
 
 
@@ -112,9 +112,11 @@ class AnswerView:
             ``bad_input``, ``error``).
         answer: Markdown for the answer area.
         evidence: Rows of the evidence panel.
-        message: Notices for the user (truncation, generator down, removed citations, ...), Markdown.
+        message: Warnings for the user in plain language (truncation, generator down, removed sentences, ...),
+            Markdown; shown in their own box, apart from the status.
         details: JSON-able record of the run (the chain's result plus the UI's notes).
         final: Whether this is the last update for the question.
+        run_status: One line: the outcome in words, retrieval mode and timings (Markdown).
     """
 
     status: ViewStatus
@@ -123,16 +125,42 @@ class AnswerView:
     message: str = ""
     details: dict[str, Any] = field(default_factory=dict)
     final: bool = False
+    run_status: str = ""
 
-    def outputs(self) -> tuple[str, str, str, dict[str, Any]]:
-        """``(answer, evidence HTML, message, details)`` for the Gradio components."""
-        empty = "Evidence appears here with the answer." if self.status == "working" else "No evidence to show."
-        return self.answer, render_evidence(self.evidence, empty=empty), self.message, self.details
+    def outputs(self) -> tuple[str, str, str, dict[str, Any], str]:
+        """``(answer, evidence HTML, warnings, details, run status)`` for the Gradio components."""
+        empty = ("Evidence appears here as soon as the passages are retrieved." if self.status == "working"
+                 else "No evidence to show.")
+        paragraphs = [html.escape(p.strip()) for p in self.message.split("\n\n") if p.strip()]
+        warnings = ('<div class="bm-warn">' + "".join(f"<p>{p}</p>" for p in paragraphs) + "</div>"
+                    if paragraphs else "")
+        return self.answer, render_evidence(self.evidence, empty=empty), warnings, self.details, self.run_status
+
+
+def answer_markdown(result: AskResult) -> str:
+    """The answer area: quotations for extractive answers, the checked text for generated ones, and the
+    sentences removed because no source supports them."""
+    if result.status == "abstained":
+        return f"**{result.answer}** The nearest passages are shown below; none of them answers the question."
+    quotes = (result.quotes or {}).get("sentences") or []
+    if result.answer_mode.startswith("extractive") and quotes:
+        lines = [f"> \u201c{q['text']}\u201d [{q['passage']}]" for q in quotes]
+        head = ("_None of the generated sentences is supported by the sources; quoted from them instead:_\n\n"
+                if result.answer_mode != "extractive" else "")
+        body = head + "\n>\n".join(lines)
+    else:
+        body = result.answer or ""
+    if result.unsupported:
+        body += "\n\n**Not supported by the sources (removed from the answer):**\n" + "\n".join(
+            f"- ~~{sentence}~~" for sentence in result.unsupported)
+    return body
 
 
 # ------------------------------------------------------------------------------------------------ page
 CSS = """
 .bm-notice {border: 2px solid #b45309; background: #fffbeb; color: #78350f; border-radius: 8px; padding: 4px 12px;}
+.bm-warn {border-left: 5px solid #b45309; background: #fffbeb; color: #78350f; padding: 4px 12px; border-radius: 4px;}
+#bm-run-status {color: #374151; font-size: 14px;}
 .bm-evidence {display: flex; flex-direction: column; gap: 10px;}
 .bm-card {border: 1px solid #d1d5db; border-radius: 8px; padding: 8px 12px; background: #ffffff; color: #111827;}
 .bm-card[data-cited="true"] {border-left: 5px solid #15803d;}

@@ -32,14 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from bmrag.app.render import AnswerView, EvidenceRow, evidence_rows
+from bmrag.app.render import AnswerView, EvidenceRow, answer_markdown, evidence_rows
 from bmrag.app.streaming import StreamingGenerator
 from bmrag.loading import DTypeName
 from bmrag.models import DEFAULT_API_BASE
 from bmrag.options import DEFAULT_RERANK_MODEL
-from bmrag.qa.chain import first_stage_candidates
-from bmrag.qa.evidence import Evidence
-from bmrag.qa.result import AskResult
+from bmrag.qa.evidence import Evidence, first_stage_candidates
+from bmrag.qa.grounding import AnswerMode, check_answer_mode, default_answer_mode
+from bmrag.qa.result import STATUS_LABELS, AskResult
 
 if TYPE_CHECKING:
     from bmrag.generators import Generator
@@ -69,6 +69,8 @@ class AppConfig:
         backend: ``"local"`` (in-process transformers) or ``"vllm"`` (OpenAI-compatible server).
         api_base: vLLM server URL (default ``http://127.0.0.1:8000/v1``); vllm backend only.
         llm_model: Generator model: local alias/dir, or the vLLM served name (default: the only one served).
+        answer: ``"extractive"`` (quoted sentences, no generator loaded) or ``"generative"``; None: generative
+            with the vllm backend, else extractive (:func:`bmrag.qa.grounding.default_answer_mode`).
         threads: Local backend: torch CPU threads (None keeps torch's default).
         dtype: Weights dtype of the in-process models (retriever, reranker, local generator); None: the
             hardware's default (:func:`bmrag.loading.default_dtype`).
@@ -84,6 +86,7 @@ class AppConfig:
     backend: Backend = "local"
     api_base: str | None = None
     llm_model: str | None = None
+    answer: AnswerMode | None = None
     threads: int | None = None
     dtype: DTypeName | None = None
     max_new_tokens: int | None = None
@@ -96,6 +99,7 @@ class AppConfig:
         self.index_dir = Path(self.index_dir).expanduser()
         if self.backend not in ("local", "vllm"):
             raise ValueError(f"backend must be 'local' or 'vllm', got {self.backend!r}")
+        self.answer = check_answer_mode(self.answer or default_answer_mode(self.backend))
         if self.backend == "local" and self.api_base is not None:
             raise ValueError("api_base applies to the vllm backend only")
         if self.backend == "vllm" and self.threads is not None:
@@ -158,8 +162,8 @@ class DemoService:
         self._open_index()
         if generator is not None:
             self.generator = StreamingGenerator.wrap(generator)
-        elif self.chain is not None:
-            self._load_generator()
+        elif self.chain is not None and config.answer == "generative":
+            self._load_generator()  # extractive answers quote the evidence: no generator is loaded
 
     # -- loading
     def _open_index(self) -> None:
@@ -210,7 +214,7 @@ class DemoService:
             self.generator, self.generator_error = None, f"the {cfg.backend} generator could not be loaded: {err}"
 
     def _generator_now(self) -> StreamingGenerator | None:
-        if self.generator is None and self.config.backend == "vllm":
+        if self.generator is None and self.config.backend == "vllm" and self.config.answer == "generative":
             with self._load_lock:
                 if self.generator is None:
                     self._load_generator()
@@ -238,6 +242,9 @@ class DemoService:
         if self.chain is None:
             return f"**Index:** not available ({self.config.index_dir})"
         gen = self.generator
+        if self.config.answer == "extractive":
+            return (f"**Retriever:** {self.retriever_model} · **Answers:** sentences quoted from the sources "
+                    f"(extractive; no generator) · **Index:** {self.config.index_dir} ({self.chunks} chunks)")
         if gen is not None:
             where = f" at {gen.endpoint}" if gen.backend == "vllm" else ""
             dtype = gen.describe().get("dtype")  # local only: the hardware's default unless chosen
@@ -258,7 +265,7 @@ class DemoService:
         return QAChain(base.store, base.embed_model, generator, reranker=self._reranker_now() if rerank else None,
                        k=top_k, generator_error=None if generator is not None
                        else self.generator_error or "the generator is unavailable",
-                       index_label=base.index_label)
+                       index_label=base.index_label, answer=self.config.answer)
 
     def ask(self, question: str, top_k: int = 3, rerank: bool = False, hybrid: bool = False,
             year_min: str | float | int | None = None, year_max: str | float | int | None = None,
@@ -370,19 +377,20 @@ class DemoService:
         elif result.answer is None:
             answer = "**No answer.**"
         else:
-            answer = result.answer
+            answer = answer_markdown(result)
         notes = [n for n in result.notes if not n.startswith("generation skipped:")]
         messages += [n[:1].upper() + n[1:] for n in notes]
         if result.invalid_citations:
             removed = ", ".join(f"{c['marker']} ({c['reason']})" for c in result.invalid_citations)
-            messages.append(f"Removed citations: {removed}")
-        timings = ", ".join(f"{k} {result.timings[k]:.2f} s" for k in ("retrieval", "rerank", "generation", "total")
-                            if k in result.timings)
+            messages.append(f"Citations to passages that were not given were removed: {removed}")
+        timings = ", ".join(f"{k} {result.timings[k]:.2f} s" for k in ("retrieval", "rerank", "extractive",
+                                                                       "generation", "total") if k in result.timings)
         details = {**result.to_dict(), "ui": ui}
         mode = result.retrieval.get("mode", "dense")
-        messages.append(f"_Status: {status} · retrieval: {mode} · {timings}_")
+        run_status = (f"**Status: {status}** ({STATUS_LABELS[status]}) · answer: {result.answer_mode} · "
+                      f"retrieval: {mode} · {timings}")
         return AnswerView(status, answer=answer, evidence=rows, message="\n\n".join(messages), details=details,
-                          final=True)
+                          final=True, run_status=run_status)
 
     def _metadata(self, node_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         if not node_ids or self.chain is None:

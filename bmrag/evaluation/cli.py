@@ -172,6 +172,7 @@ def _add_eval_rag(eval_sub: argparse._SubParsersAction) -> None:
     rag.add_argument("--data", default=None, help="data root (pubmedqa-retrieval/, pubmedqa/, bioasq-snippets/, "
                                                   "bioasq-qa/); default $BMRAG_DATA")
     rag.add_argument("--retriever", default=DEFAULT_RETRIEVER, help="retriever model the index is built with")
+    options.add_answer_option(rag)
     options.add_generator_options(rag, backend_flag="--generator")
     rag.add_argument("--no-generate", action="store_true",
                      help="retrieval only: context precision/recall (cheap; use it for the full question sets)")

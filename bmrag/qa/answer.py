@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bmrag.qa import citations
-from bmrag.qa.attribution import Attribution, attribute, split_sentences
+from bmrag.qa.attribution import split_sentences
 from bmrag.qa.evidence import Evidence
 
 
@@ -53,33 +53,6 @@ def drop_repeated_sentences(text: str) -> tuple[str, int]:
         seen.add(key)
         kept.append(sentence)
     return (" ".join(kept), removed) if removed else (text.strip(), 0)
-
-
-def attribute_answer(check: citations.CitationCheck, evidence: Sequence[Evidence], texts: Sequence[str],
-                     min_support: float) -> tuple[citations.CitationCheck, Attribution, list[str]]:
-    """Add word-overlap citations to the uncited sentences of a checked answer (see :mod:`bmrag.qa.attribution`).
-
-    Args:
-        check: The answer after :func:`bmrag.qa.citations.validate_citations`.
-        evidence: The passages given, numbered ``1..k``.
-        texts: The passage texts as shown in the prompt (possibly trimmed), same order.
-        min_support: Share of a sentence's content words a passage must contain to be cited for it.
-
-    Returns:
-        The re-checked answer with the added citations, the per-sentence attribution, and notes for the user.
-    """
-    # The passages as the model saw them (title + trimmed text), so support means "was in the prompt".
-    shown = [f"{item.title} {text}" for item, text in zip(evidence, texts)]
-    attribution = attribute(check.text, shown, min_support=min_support)
-    notes = []
-    if attribution.added:
-        notes.append(f"added {len(attribution.added)} citation(s) "
-                     f"({', '.join(f'[{n}]' for n in attribution.added)}) by word overlap to sentences the model "
-                     f"left uncited: the cited passage contains at least {min_support:.0%} of the sentence's "
-                     "content words")
-    notes += [f"no passage contains {min_support:.0%} of the content words of: {sentence!r}; check it against the "
-              "evidence" for sentence in attribution.unsupported]
-    return citations.validate_citations(attribution.text, len(evidence)), attribution, notes
 
 
 def declined(answer: str) -> bool:

@@ -1,25 +1,12 @@
-"""The biomedical QA chain: retrieve -> (rerank) -> numbered evidence -> generate -> checked citations.
+"""The biomedical QA chain, orchestration only: retrieve -> (rerank) -> numbered evidence -> grounded answer.
 
-``QAChain.from_index(dir).ask(question)`` embeds the question with the model recorded in the index
-manifest, takes the dense top-k from Chroma through LlamaIndex (metadata filters applied inside the
-vector-store query) or, with ``hybrid=True``, the reciprocal-rank fusion of BM25 and dense hits (same filters,
-see :mod:`bmrag.qa.fusion`), optionally re-scores with a :class:`~bmrag.llama_index.reranker.BMRetrieverReranker`,
-and then:
-
-1. **Weak evidence**: passages scoring below ``min_score`` are not given to the generator; when none is
-   left the chain answers that it cannot answer from the sources, without calling the generator
-   (see :func:`default_min_score` for the documented thresholds).
-2. **Prompt**: the remaining passages are numbered ``[1]..[k]`` (:func:`build_messages`), trimmed to fit
-   the generator's context window.
-3. **Citations**: every ``[n]`` in the answer is checked against the evidence actually given
-   (:func:`bmrag.qa.citations.validate_citations`); invented or out-of-range ones are removed and reported.
-   Cited passages are mapped to their document ids and links (PubMed for PMIDs).
-4. **Attribution** (``min_support``, on by default): sentences the model left uncited get the passage that
-   holds at least half of their content words, marked as added by bmrag; sentences no passage supports are
-   reported (:func:`attribute_answer`, :mod:`bmrag.qa.attribution`).
-
-:class:`AskResult` records what ran (retriever, reranker, generator backend and model), the timings of
-each stage and every note (server down, a filter that matched nothing, removed citations).
+``QAChain.from_index(dir).ask(question)`` embeds the question with the model recorded in the index manifest
+(:func:`bmrag.index.open.open_index`), takes the dense top-k from Chroma (metadata filters applied inside the
+vector-store query) or, with ``hybrid=True``, the reciprocal-rank fusion of BM25 and dense hits
+(:mod:`bmrag.qa.fusion`), optionally re-scores with a reranker, numbers the evidence (:mod:`bmrag.qa.evidence`)
+and answers from it (:mod:`bmrag.qa.grounding`): sentences quoted from the evidence (``answer="extractive"``,
+no generator) or generated and checked sentence by sentence (``"generative"``), or an abstention when the
+sources don't answer. :class:`~bmrag.qa.result.AskResult` records what ran, the timings and every note.
 """
 
 from __future__ import annotations
@@ -36,11 +23,29 @@ from llama_index.core.vector_stores.types import MetadataFilters
 
 from bmrag.index.manifest import DEFAULT_COLLECTION
 from bmrag.qa import citations, fusion
-from bmrag.qa.answer import attribute_answer, cited_sources, declined, drop_repeated_sentences
+from bmrag.qa.answer import cited_sources, declined, drop_repeated_sentences
 from bmrag.qa.attribution import MIN_SUPPORT
-from bmrag.qa.evidence import Evidence, default_min_score, evidence_from_nodes, select_evidence
+from bmrag.qa.evidence import (
+    Evidence,
+    default_min_score,
+    evidence_from_nodes,
+    first_stage_candidates,
+    nearest,
+    select_evidence,
+)
 from bmrag.qa.filters import build_filters, describe_filters, explain_no_match
-from bmrag.qa.prompt import CANNOT_ANSWER, build_messages, fit_texts
+from bmrag.qa.grounding import (
+    ABSTAIN_MESSAGE,
+    Abstainer,
+    AnswerMode,
+    check_answer_mode,
+    default_answer_mode,
+    drop_unfinished,
+    extractive_answer,
+    quoted_sources,
+    supported_sentences,
+)
+from bmrag.qa.prompt import build_messages, fit_texts
 from bmrag.qa.result import AskResult
 
 if TYPE_CHECKING:
@@ -50,15 +55,6 @@ if TYPE_CHECKING:
     from bmrag.llama_index.vector_store import BMRagChromaVectorStore
 
 logger = logging.getLogger(__name__)
-
-RERANK_POOL = 20
-"""Least first-stage candidates a reranker re-scores (more when ``4 * k`` is larger)."""
-
-
-def first_stage_candidates(k: int, reranking: bool) -> int:
-    """First-stage passages retrieved for ``k`` evidence passages: ``k``, or ``max(4k, 20)`` with a reranker."""
-    return max(4 * k, RERANK_POOL) if reranking else k
-
 
 class QAChain:
     """Retrieve, rerank, prompt with numbered evidence, generate and check citations.
@@ -81,16 +77,20 @@ class QAChain:
             reciprocal-rank fusion (:mod:`bmrag.qa.fusion`). ``ask(hybrid=...)`` overrides it per question.
         fusion_depth: Hybrid only: hits each retriever contributes to the fusion (default
             ``max(candidates, HYBRID_DEPTH)``, i.e. at least 20); must be >= ``candidates``.
-        min_support: Citation attribution (:mod:`bmrag.qa.attribution`): an answer sentence without a citation
-            gets ``[n]`` of the passage holding at least this share of its content words; sentences no passage
-            reaches are reported. None turns attribution off (only the model's own citations count).
+        min_support: Generative answers: a sentence is supported when a passage holds at least this share of
+            its content words (:mod:`bmrag.qa.attribution`); unsupported sentences are removed and listed, an
+            uncited supported one gets that passage's citation. None turns the check off (the model's own
+            citations only).
+        answer: ``"extractive"`` (quote 1-4 sentences of the evidence; no generator needed) or ``"generative"``
+            (the generator writes, every sentence is checked); see :mod:`bmrag.qa.grounding`.
     """
 
     def __init__(self, store: BMRagChromaVectorStore, embed_model: BMRetrieverEmbedding,
                  generator: Generator | None, *, reranker: BMRetrieverReranker | None = None, k: int = 5,
                  candidates: int | None = None, min_score: float | Literal["auto"] | None = "auto",
                  generator_error: str | None = None, index_label: str | None = None, hybrid: bool = False,
-                 fusion_depth: int | None = None, min_support: float | None = MIN_SUPPORT) -> None:
+                 fusion_depth: int | None = None, min_support: float | None = MIN_SUPPORT,
+                 answer: AnswerMode = "extractive") -> None:
         from llama_index.core import VectorStoreIndex
 
         if k < 1:
@@ -98,8 +98,9 @@ class QAChain:
         candidates = candidates or first_stage_candidates(k, reranker is not None)
         if candidates < k:
             raise ValueError(f"candidates ({candidates}) must be >= k ({k})")
-        if generator is None and generator_error is None:
-            raise ValueError("pass a generator, or generator_error saying why there is none")
+        self.answer = check_answer_mode(answer)
+        if answer == "generative" and generator is None and generator_error is None:
+            raise ValueError("generative answers need a generator, or generator_error saying why there is none")
         if not isinstance(hybrid, bool):
             raise ValueError(f"hybrid must be True or False, got {hybrid!r}")
         if min_support is not None and not 0.0 <= min_support <= 1.0:
@@ -122,6 +123,7 @@ class QAChain:
         self.score_model = scorer.source.model
         self.min_score = default_min_score(self.score_kind) if min_score == "auto" else min_score
         self.index_label = index_label or str(store.persist_dir)
+        self.abstainer = Abstainer(embed_model.model_name)
         self._index = VectorStoreIndex.from_vector_store(store, embed_model=embed_model)
 
     @classmethod
@@ -131,7 +133,8 @@ class QAChain:
                    min_score: float | Literal["auto"] | None = "auto", max_new_tokens: int | None = None,
                    health_timeout: float | None = None, threads: int | None = None, dtype: str | None = None,
                    generator: Generator | None = None, hybrid: bool = False,
-                   fusion_depth: int | None = None, min_support: float | None = MIN_SUPPORT) -> QAChain:
+                   fusion_depth: int | None = None, min_support: float | None = MIN_SUPPORT,
+                   answer: AnswerMode | None = None) -> QAChain:
         """Open an index with the model recorded in its manifest and set up the generator.
 
         Args:
@@ -154,6 +157,8 @@ class QAChain:
             hybrid: Default retrieval mode of :meth:`ask` (see :class:`QAChain`).
             fusion_depth: Hybrid only: hits per retriever fed to the fusion (see :class:`QAChain`).
             min_support: Citation attribution threshold, None for none (see :class:`QAChain`).
+            answer: ``"extractive"`` or ``"generative"``; default :func:`bmrag.qa.grounding.default_answer_mode`
+                (generative with ``backend="vllm"``, else extractive, which loads no generator).
 
         A vLLM server that does not answer does not raise: the chain is built without a generator and each
         ``ask`` returns the evidence with status ``generator_unavailable`` and the reason.
@@ -163,8 +168,11 @@ class QAChain:
 
         candidates = candidates or first_stage_candidates(k, bool(rerank))
         error = None
-        if generator is None and backend is None:
-            error = "no generator requested (backend=None: retrieval only)"
+        answer = check_answer_mode(answer or default_answer_mode(backend))
+        if generator is None and (backend is None or answer == "extractive"):
+            # Extractive answers quote the evidence: no generator is loaded.
+            error = ("no generator requested (backend=None: retrieval only)" if backend is None
+                     else "extractive answers need no generator")
         elif generator is None:
             try:
                 # A vLLM server sets its own dtype; dtype here is for the models running in this process.
@@ -186,10 +194,30 @@ class QAChain:
                 reranker = BMRetrieverReranker(model_name=rerank, top_n=candidates, dtype=dtype)
             return cls(index.store, index.embed_model, generator, reranker=reranker, k=k, candidates=candidates,
                        min_score=min_score, generator_error=error, hybrid=hybrid, fusion_depth=fusion_depth,
-                       min_support=min_support, index_label=index.label)
+                       min_support=min_support, index_label=index.label, answer=answer)
         except BaseException:
             index.close()
             raise
+
+    @property
+    def retrieve_depth(self) -> int:
+        """Dense hits retrieved: ``candidates``, or more when the abstention signals were calibrated deeper."""
+        return max(self.candidates, self.abstainer.depth)
+
+    def describe_setup(self) -> str:
+        """One line naming the retriever, the answer mode and the generator (printed when a command starts)."""
+        if self.answer == "extractive":
+            mode = "answer mode extractive (sentences quoted from the sources; no generator)"
+        elif self.generator is not None:
+            gen = self.generator.describe()
+            dtype = f", {gen['dtype']}" if gen.get("dtype") else ""
+            mode = (f"answer mode generative ({gen['backend']} generator {gen['model']}{dtype}; each sentence "
+                    "checked against the sources)")
+        else:
+            mode = f"answer mode generative, generator unavailable ({self.generator_error})"
+        abstain = ("calibrated abstention" if self.abstainer.model is not None
+                   else "no calibrated abstention for this retriever")
+        return f"retriever {self.embed_model.model_name} (recorded in the index); {mode}; {abstain}"
 
     def close(self) -> None:
         """Release the Chroma client."""
@@ -230,7 +258,7 @@ class QAChain:
     def _retrieve(self, question: str, filters: MetadataFilters | None,
                   hybrid: bool) -> tuple[list[NodeWithScore], dict[str, Any]]:
         if not hybrid:
-            retriever = self._index.as_retriever(similarity_top_k=self.candidates, filters=filters)
+            retriever = self._index.as_retriever(similarity_top_k=self.retrieve_depth, filters=filters)
             return retriever.retrieve(question), {"mode": fusion.DENSE_LABEL}
         from llama_index.core.schema import QueryBundle
 
@@ -274,7 +302,7 @@ class QAChain:
         hybrid = self._hybrid_flag(hybrid)
         filters = build_filters(year_min, year_max, pub_types)
         start = time.perf_counter()
-        result = AskResult(question=question, status="answered", retrieval={
+        result = AskResult(question=question, status="answered", answer_mode=self.answer, retrieval={
             "model": self.embed_model.model_name, "index": self.index_label, "k": self.k,
             "candidates": self.candidates, "filters": describe_filters(filters), "score_kind": self.score_kind,
             "min_score": self.min_score, "threshold_note": self.threshold_note(hybrid)})
@@ -282,7 +310,7 @@ class QAChain:
             result.reranker = {"model": self.reranker.model_name, "top_n": self.reranker.top_n}
         if self.generator is not None:
             result.generator = self.generator.describe()
-        else:
+        elif self.answer == "generative":
             result.notes.append(f"generation skipped: {self.generator_error}")
 
         nodes, info = self._retrieve(question, filters, hybrid)
@@ -293,53 +321,87 @@ class QAChain:
             nodes = self.reranker.postprocess_nodes(nodes, query_str=question)
         result.timings["rerank"] = time.perf_counter() - t
         given, held = select_evidence(evidence_from_nodes(nodes), self.min_score, self.k)
-        result.evidence, result.held_back = given, held
+        # Too weak to answer from, the nearest passages are still what the user should see.
+        shown, rest = (given, held) if given else nearest(held, self.k)
+        result.evidence, result.held_back = shown, rest
         if on_evidence is not None:
-            on_evidence(list(given), list(held))
+            on_evidence(list(shown), list(rest))
 
         if not nodes:
             result.status = "no_passages"
             result.notes.append(explain_no_match(self.store.client, filters) if filters is not None
                                 else "the index returned no passage (is it empty?)")
-        elif not given:
-            # Decided before looking at the generator: weak evidence is refused even when the server is down.
-            best = max(item.score for item in held)
-            result.status = "insufficient_evidence"
-            result.answer = CANNOT_ANSWER
-            result.notes.append(f"weak evidence: the best passage scores {best:.3f}, below the threshold "
-                                f"{self.min_score:g} ({self.threshold_note(hybrid)}); the generator was not called")
-        elif self.generator is None:
-            result.status = "generator_unavailable"
         else:
-            t = time.perf_counter()
-            texts = fit_texts(question, given, self.generator)
-            messages = build_messages(question, given, texts)
-            generation = self.generator.generate(messages)
-            result.timings["generation"] = time.perf_counter() - t
-            raw = generation.text
-            result.answer_tokens = generation.completion_tokens
-            text, repeats = drop_repeated_sentences(raw)
-            if repeats:
-                result.notes.append(f"removed {repeats} sentence(s) the generator repeated word for word")
-            if generation.finish_reason == "length":
-                result.notes.append(f"the answer hit the generation budget ({self.generator.max_new_tokens} "
-                                    "tokens) and may end mid-sentence")
-            check = citations.validate_citations(text, len(given))
-            result.invalid_citations = [asdict(c) for c in check.invalid]
-            written = list(check.cited)
-            if declined(raw):
-                result.status = "model_declined"
-            elif self.min_support is not None:
-                check, attribution, notes = attribute_answer(check, given, texts, self.min_support)
-                result.attribution = attribution.to_dict()
-                result.notes += notes
-            result.raw_answer, result.answer = raw, check.text
-            result.sources = cited_sources(check, given, written)
-            if result.status != "model_declined" and not check.cited:
-                result.notes.append("the answer cites none of the evidence passages: check it against them")
+            self._answer(question, nodes, given, shown, result, hybrid)
         result.timings.setdefault("generation", 0.0)
         result.timings["total"] = time.perf_counter() - start
         return result
+
+    def _answer(self, question: str, nodes: list[NodeWithScore], given: list[Evidence], shown: list[Evidence],
+                result: AskResult, hybrid: bool) -> None:
+        """Abstain, quote, or generate and check: fills ``result`` (see :mod:`bmrag.qa.grounding`)."""
+        t = time.perf_counter()
+        quotes = extractive_answer(question, shown, self.embed_model)
+        result.quotes = quotes.to_dict()
+        decision = self.abstainer.decide(question, nodes, quotes)
+        result.abstention = decision.to_dict() if decision else {"calibrated": False, "note": self.abstainer.note}
+        result.timings["extractive"] = time.perf_counter() - t
+        reason = None
+        if not given:
+            best = max(item.score for item in shown)
+            reason = (f"the best passage scores {best:.3f}, below the evidence threshold {self.min_score:g} "
+                      f"({self.threshold_note(hybrid)})")
+        elif decision is not None and decision.abstain:
+            reason = (f"calibrated abstention: p(unanswerable) {decision.p_unanswerable:.2f} >= "
+                      f"{decision.threshold:.2f} for {decision.retriever}")
+        elif not quotes.sentences:
+            reason = "no passage has a sentence that could be quoted as an answer"
+        if reason is not None:
+            result.status, result.answer = "abstained", ABSTAIN_MESSAGE
+            result.notes.append(f"abstained: {reason}; the nearest passages are shown")
+            return
+        if self.answer == "extractive":
+            result.answer, result.sources = quotes.text, quoted_sources(quotes, shown)
+            return
+        if self.generator is None:
+            result.status = "generator_unavailable"
+            return
+        t = time.perf_counter()
+        texts = fit_texts(question, given, self.generator)
+        generation = self.generator.generate(build_messages(question, given, texts))
+        result.timings["generation"] = time.perf_counter() - t
+        raw = generation.text
+        result.raw_answer, result.answer_tokens = raw, generation.completion_tokens
+        text, repeats = drop_repeated_sentences(raw)
+        if repeats:
+            result.notes.append(f"removed {repeats} sentence(s) the generator repeated word for word")
+        text, cut = drop_unfinished(text, generation.finish_reason)
+        if cut:
+            result.notes.append(f"dropped the last sentence, cut off at the generation budget "
+                                f"({self.generator.max_new_tokens} tokens): {cut!r}")
+        check = citations.validate_citations(text, len(given))
+        result.invalid_citations = [asdict(c) for c in check.invalid]
+        written = list(check.cited)
+        if declined(raw):
+            result.status, result.answer = "abstained", ABSTAIN_MESSAGE
+            result.notes.append("abstained: the generator said the sources do not answer the question")
+            return
+        if self.min_support is None:  # asked for: the model's own citations, sentences not checked
+            result.answer, result.sources = check.text, cited_sources(check, given, written)
+            result.notes.append("sentences were not checked against the sources (attribution is off)")
+            return
+        checked = supported_sentences(check, given, texts, self.min_support)
+        result.attribution, result.unsupported = checked.attribution.to_dict(), checked.unsupported
+        result.notes += checked.notes
+        if not checked.check.text.strip():
+            result.answer_mode = "extractive (fallback)"
+            result.answer, result.sources = quotes.text, quoted_sources(quotes, shown)
+            result.notes.append("none of the generated sentences is supported by the sources: the answer shown is "
+                                "quoted from them instead")
+            return
+        result.answer, result.sources = checked.check.text, cited_sources(checked.check, given, written)
+        if checked.unsupported:
+            result.status = "partially_supported"
 
 
 def ask(question: str, index_dir: str | os.PathLike[str], **options: Any) -> AskResult:

@@ -96,6 +96,14 @@ def evidence_from_nodes(nodes: Sequence[NodeWithScore]) -> list[Evidence]:
     return out
 
 
+def nearest(evidence: Sequence[Evidence], k: int) -> tuple[list[Evidence], list[Evidence]]:
+    """The first ``k`` passages numbered ``1..k`` (shown, not answered from), and the rest unnumbered."""
+    shown = list(evidence[:k])
+    for number, item in enumerate(shown, start=1):
+        item.number = number
+    return shown, list(evidence[k:])
+
+
 def select_evidence(evidence: Sequence[Evidence], min_score: float | None,
                     k: int) -> tuple[list[Evidence], list[Evidence]]:
     """Split ranked passages into those given to the generator (numbered 1..) and those held back.
@@ -115,3 +123,10 @@ def select_evidence(evidence: Sequence[Evidence], min_score: float | None,
     return given, held
 
 
+RERANK_POOL = 20
+"""Least first-stage candidates a reranker re-scores (more when ``4 * k`` is larger)."""
+
+
+def first_stage_candidates(k: int, reranking: bool) -> int:
+    """First-stage passages retrieved for ``k`` evidence passages: ``k``, or ``max(4k, 20)`` with a reranker."""
+    return max(4 * k, RERANK_POOL) if reranking else k

@@ -8,22 +8,33 @@ from typing import Any, Literal
 
 from bmrag.qa.evidence import Evidence
 
-Status = Literal["answered", "insufficient_evidence", "model_declined", "no_passages", "generator_unavailable"]
+Status = Literal["answered", "partially_supported", "abstained", "no_passages", "generator_unavailable"]
+"""What a question got: a grounded answer, an answer with unsupported sentences removed, an abstention (the
+sources don't answer it; the nearest passages are shown), nothing retrieved, or no generator to write one."""
+
+STATUS_LABELS: dict[str, str] = {
+    "answered": "answered from the sources",
+    "partially_supported": "partially supported: sentences the sources do not support were removed",
+    "abstained": "the indexed sources don't answer this question",
+    "no_passages": "nothing retrieved",
+    "generator_unavailable": "no answer generated: the generator is unavailable",
+}
+"""How each status reads for people (terminal and app)."""
 
 EXIT_CODES: dict[str, int] = {
     "answered": 0,
-    "insufficient_evidence": 0,
-    "model_declined": 0,
+    "partially_supported": 0,
+    "abstained": 0,
     "no_passages": 4,
     "generator_unavailable": 3,
     "no_index": 2,
     "bad_input": 2,
     "error": 1,
 }
-"""Exit status per outcome, for ``bmrag ask`` and ``bmrag demo --smoke``: 0 the chain ran (answer or a justified
-refusal), 3 the generator is unavailable (the evidence is still printed), 4 nothing was retrieved (empty index or
-filters that match nothing), 2 a usage or input error (the app's ``no_index`` and ``bad_input``), 1 any other
-failure (the app's ``error``)."""
+"""Exit status per outcome, for ``bmrag ask`` and ``bmrag demo --smoke``: 0 the chain ran (an answer, a partly
+supported answer or an abstention), 3 the generator is unavailable (the evidence is still printed), 4 nothing was
+retrieved (empty index or filters that match nothing), 2 a usage or input error (the app's ``no_index`` and
+``bad_input``), 1 any other failure (the app's ``error``)."""
 
 
 @dataclass
@@ -32,10 +43,10 @@ class AskResult:
 
     Attributes:
         question: The question asked.
-        status: ``answered``, ``insufficient_evidence`` (no passage reached ``min_score``; the generator
-            was not called), ``model_declined`` (the generator said the sources do not answer),
-            ``no_passages`` (empty index or filters matching nothing) or ``generator_unavailable``.
-        answer: The answer after citation checking (or the refusal sentence); None when not generated.
+        status: See :data:`Status` and :data:`STATUS_LABELS`.
+        answer_mode: ``extractive`` (sentences quoted from the evidence) or ``generative`` (generated, each
+            sentence checked); ``extractive (fallback)`` when no generated sentence was supported.
+        answer: The answer after checking (or the abstention message); None when nothing could be answered.
         raw_answer: The generator's text before citation checking.
         sources: Cited passages, in order of first citation: number, doc id, PMID, URL, title.
         invalid_citations: Removed citations (marker, number, reason).
@@ -47,14 +58,17 @@ class AskResult:
         generator: Backend, model, endpoint, decoding; None when unavailable.
         timings: Seconds for ``retrieval``, ``rerank``, ``generation`` and ``total``.
         answer_tokens: Tokens the generator produced, when the backend reports them.
-        attribution: Per-sentence support of the answer by the evidence (:mod:`bmrag.qa.attribution`): which
-            passage contains most of each sentence's words, which citations bmrag added, which sentences no
-            passage supports; None when attribution is off or nothing was generated.
+        attribution: Per-sentence support of the generated answer by the evidence (:mod:`bmrag.qa.attribution`);
+            None when nothing was generated or attribution is off.
+        unsupported: Generated sentences removed from the answer because no passage supports them.
+        quotes: The extractive answer (quoted sentences, their passages and scores), whatever the mode.
+        abstention: The abstention decision (probability, threshold, signals) when a calibration exists.
         notes: Human-readable notes (server down, filters matched nothing, uncited answer, ...).
     """
 
     question: str
     status: Status
+    answer_mode: str = "extractive"
     answer: str | None = None
     raw_answer: str | None = None
     sources: list[dict[str, Any]] = field(default_factory=list)
@@ -67,6 +81,9 @@ class AskResult:
     timings: dict[str, float] = field(default_factory=dict)
     answer_tokens: int | None = None
     attribution: dict[str, Any] | None = None
+    unsupported: list[str] = field(default_factory=list)
+    quotes: dict[str, Any] | None = None
+    abstention: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -84,16 +101,24 @@ class AskResult:
 
     def format(self, *, chars: int = 300) -> str:
         """A terminal report: answer, sources, removed citations, evidence, what ran and timings."""
-        lines = [f"Question: {self.question}"]
+        lines = [f"Question: {self.question}", f"Status: {STATUS_LABELS[self.status]}"]
         gen = self.generator
-        who = f"{gen['backend']} backend, {gen['model']}, greedy" if gen else "no generator"
+        if self.answer_mode.startswith("extractive"):
+            who = "quoted from the sources, no generator"
+        else:
+            who = (f"{gen['backend']} backend, {gen['model']}, greedy; each sentence checked against the sources"
+                   if gen else "no generator")
         if self.answer is not None:
-            lines += [f"\nAnswer ({who}):", f"  {self.answer}"]
+            lines += [f"\nAnswer ({who}):" if self.status != "abstained" else "\nAnswer:", f"  {self.answer}"]
+        if self.unsupported:
+            lines.append("\nNot supported by the sources (removed from the answer):")
+            lines += [f"  - {sentence}" for sentence in self.unsupported]
         if self.sources:
             lines.append("\nSources:")
             for src in self.sources:
                 link = f"  {src['url']}" if src.get("url") else ""
-                added = "  (citation added by word-overlap attribution)" if src.get("attributed") else ""
+                added = "  (citation added by bmrag: the passage holds most of the sentence's words)" \
+                    if src.get("attributed") else ""
                 lines.append(f"  [{src['number']}] {src['label']}{link}{added}")
         if self.invalid_citations:
             removed = ", ".join(f"{c['marker']} ({c['reason']})" for c in self.invalid_citations)
@@ -101,8 +126,10 @@ class AskResult:
         for note in self.notes:
             lines.append(f"\nNote: {note}")
         if self.evidence:
-            given = ("Evidence given to the generator" if self.generator
-                     else "Retrieved evidence (no generator ran)")
+            given = ("Nearest passages (none answers the question)" if self.status == "abstained"
+                     else "Evidence given to the generator" if self.generator and self.answer_mode == "generative"
+                     else "Retrieved evidence (no generator ran)" if self.answer_mode == "generative"
+                     else "Evidence (the answer quotes it)")
             lines.append(f"\n{given} ({len(self.evidence)} passages, score = "
                          f"{self.retrieval.get('score_kind', 'score')}):")
             lines += [_format_evidence(item, chars) for item in self.evidence]
@@ -120,6 +147,10 @@ class AskResult:
             lines.append(f"Reranker: {self.reranker['model']} (top {self.reranker['top_n']} of "
                          f"{self.retrieval.get('candidates')})")
         lines.append(f"Evidence threshold: {self.retrieval.get('threshold_note')}")
+        lines.append(f"Answer mode: {self.answer_mode}")
+        if self.abstention is not None and self.abstention.get("p_unanswerable") is not None:
+            lines.append(f"Abstention: p(unanswerable) {self.abstention['p_unanswerable']:.2f}, abstain at >= "
+                         f"{self.abstention['threshold']:.2f} (calibrated for {self.abstention['retriever']})")
         if gen:
             lines.append(f"Generator: {gen['backend']} backend, model {gen['model']} at {gen['endpoint']}")
         t = self.timings
