@@ -32,7 +32,7 @@ from bmrag.index.sample import SAMPLE_QUESTIONS
 
 REPO = Path(__file__).resolve().parents[1]
 QUESTIONS = SAMPLE_QUESTIONS
-OK = {"answered", "insufficient_evidence", "model_declined"}
+OK = {"answered", "partially_supported", "abstained"}
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -1,17 +1,24 @@
 """Build the bundled demo corpus ``bmrag/data/demo_corpus.jsonl.gz`` from the shared data folder.
 
-Only sources whose licences allow redistribution are used:
+The corpus covers common consumer and clinical questions: every source text of the shared data that may be
+redistributed, each with its licence in ``metadata.license``:
 
-* PubMedQA PQA-L abstracts (MIT): ``pubmedqa/ori_pqal.json``
-* MedQuAD answered question/answer pairs (CC BY 4.0): ``medquad/medquad.jsonl.gz``
-* SciFact abstracts (S2ORC, ODC-By 1.0): ``scifact/corpus.jsonl.gz``
+* MedQuAD (CC BY 4.0): every answered question/answer pair (NIH consumer-health pages; repeated answers once).
+  Title ``"<focus>: <question type>"`` (e.g. ``"Asthma: symptoms"``), link = the NIH page.
+* PubMedQA PQA-L (MIT): all 1,000 abstracts (context paragraphs; the conclusion is left out as in
+  ``pubmedqa-retrieval``). The source has no article title; PubMedQA's question is derived from it, so it is
+  kept as ``metadata.display_title`` for the card, not embedded (it would make the question trivially match).
+* BioASQ gold snippets (CC BY 2.5, BioASQ terms of use): every document of ``bioasq-snippets`` (partial
+  abstracts). Title = the title snippet where BioASQ has one; otherwise ``display_title`` names the PMID.
+* SciFact (S2ORC abstracts, ODC-By 1.0): every abstract with its paper title.
 
-The selection is deterministic (documents the demo questions need, then the rest ordered by a SHA-256 of
-their id) and the gzip header carries no timestamp, so re-running this script reproduces the file byte for byte.
+PubMed items carry ``metadata.pmid`` so they link. Every document has a non-empty ``title`` or
+``metadata.display_title``. Order: source, then source order; the gzip header carries no timestamp, so
+re-running this script reproduces the file byte for byte.
 
 Usage::
 
-    python tools/build_demo_corpus.py [--data ../shared/data] [--out bmrag/data/demo_corpus.jsonl.gz]
+    python tools/build_demo_corpus.py [--data $BMRAG_DATA] [--out bmrag/data/demo_corpus.jsonl.gz]
 """
 
 from __future__ import annotations
@@ -21,122 +28,120 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data"
+DEFAULT_DATA = Path(os.environ["BMRAG_DATA"]) if os.environ.get("BMRAG_DATA") else REPO.parent / "shared" / "data"
 DEFAULT_OUT = REPO / "bmrag" / "data" / "demo_corpus.jsonl.gz"
 
-N_PUBMEDQA = 150
-N_MEDQUAD = 100
-N_SCIFACT = 100
-MEDQUAD_MIN_CHARS, MEDQUAD_MAX_CHARS = 200, 2500  # keep FAQ answers a passage long, and the file small
-MAX_BYTES = 1_000_000
+MAX_BYTES = 16_000_000
+EXPECTED_SHA256 = "253dc9870fd663b7010d307b2fb999a936d38e59244bf62705c62ceb5492fffa"
+"""SHA-256 of the file this script writes from the shared data (35,443 documents, 10,131,450 bytes)."""
 
-# Documents the built-in demo questions (bmrag/demo.py) are answered from; always included.
-PINNED_PUBMEDQA = ("21881325", "11340218")  # statins before CABG -> atrial fibrillation; statins and stroke
-PINNED_MEDQUAD = (
-    "8_NHLBI_QA_XML/0000124#6",  # symptoms of stroke
-    "6_NINDS_QA/0000261#1",  # what is stroke
-    "7_SeniorHealth_QA/0000066#15",  # symptoms of stroke
-    "8_NHLBI_QA_XML/0000010#4",  # symptoms of asthma
-    "2_GARD_QA/0000491#2",  # symptoms of asthma
-    "4_MPlus_Health_Topics_QA/0000065#1",  # what is asthma
-)
+LICENSES = {"pubmedqa": "MIT", "medquad": "CC-BY-4.0", "scifact": "ODC-By-1.0",
+            "bioasq": "CC-BY-2.5 (BioASQ terms of use)"}
 
-LICENSES = {"pubmedqa": "MIT", "medquad": "CC-BY-4.0", "scifact": "ODC-By-1.0"}
+# Documents the built-in demo questions (bmrag/demo.py) are answered from; the build fails if one is missing.
+REQUIRED = ("pubmedqa-21881325", "pubmedqa-11340218", "medquad-8-0000124-6", "medquad-6-0000261-1",
+            "medquad-7-0000066-15", "medquad-8-0000010-4", "medquad-2-0000491-2", "medquad-4-0000065-1")
 
 
-def _rank(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
-
-
-def _pick(candidates: dict[str, dict[str, Any]], pinned: Iterable[str], n: int, what: str) -> list[dict[str, Any]]:
-    pinned = list(pinned)
-    missing = [key for key in pinned if key not in candidates]
-    if missing:
-        raise SystemExit(f"{what}: pinned records not found (or filtered out): {missing}")
-    rest = sorted((key for key in candidates if key not in set(pinned)), key=_rank)
-    chosen = pinned + rest[: n - len(pinned)]
-    if len(chosen) < n:
-        raise SystemExit(f"{what}: only {len(chosen)} usable records, wanted {n}")
-    return [candidates[key] for key in chosen]
+def _clean(text: str) -> str:
+    return " ".join((text or "").split())
 
 
 def pubmedqa_docs(data: Path) -> list[dict[str, Any]]:
-    path = data / "pubmedqa" / "ori_pqal.json"
-    items = json.loads(path.read_text(encoding="utf-8"))
-    candidates = {}
+    items = json.loads((data / "pubmedqa" / "ori_pqal.json").read_text(encoding="utf-8"))
+    out = []
     for pmid, item in items.items():
-        # Same text as pubmedqa-retrieval: the context paragraphs, without the conclusion (LONG_ANSWER).
         text = " ".join(part.strip() for part in item["CONTEXTS"]).strip()
         if not text:
             continue
-        metadata = {"source": "PubMedQA", "pmid": str(pmid), "license": LICENSES["pubmedqa"]}
+        metadata: dict[str, Any] = {"source": "PubMedQA", "pmid": str(pmid), "license": LICENSES["pubmedqa"],
+                                    "display_title": _clean(item["QUESTION"])}
         if str(item.get("YEAR") or "").isdigit():
             metadata["year"] = int(item["YEAR"])
-        candidates[str(pmid)] = {"_id": f"pubmedqa-{pmid}", "title": "", "text": text, "metadata": metadata}
-    return _pick(candidates, PINNED_PUBMEDQA, N_PUBMEDQA, str(path))
+        out.append({"_id": f"pubmedqa-{pmid}", "title": "", "text": text, "metadata": metadata})
+    return out
 
 
-def _medquad_id(uid: str) -> str:
+def medquad_id(uid: str) -> str:
+    """``"8_NHLBI_QA_XML/0000124#6"`` -> ``"medquad-8-0000124-6"`` (the bundled corpus's id scheme)."""
     collection, _, rest = uid.partition("/")
     doc, _, pair = rest.partition("#")
     return f"medquad-{collection.split('_', 1)[0]}-{doc}-{pair}"
 
 
 def medquad_docs(data: Path) -> list[dict[str, Any]]:
-    path = data / "medquad" / "medquad.jsonl.gz"
-    pinned = set(PINNED_MEDQUAD)
-    candidates: dict[str, dict[str, Any]] = {}
-    seen_answers: set[str] = set()
-    seen_docs: set[tuple[str, str]] = set()
-    with gzip.open(path, "rt", encoding="utf-8") as handle:
+    out = []
+    seen: set[str] = set()
+    with gzip.open(data / "medquad" / "medquad.jsonl.gz", "rt", encoding="utf-8") as handle:
         for line in handle:
             rec = json.loads(line)
             answer = (rec.get("answer") or "").strip()
             # The MedlinePlus A.D.A.M./Drugs/Herbs subsets ship without answers (removed for copyright).
-            if not answer or answer in seen_answers:
+            if not answer or answer in seen:
                 continue
-            uid = rec["uid"]
-            if uid not in pinned:
-                if not MEDQUAD_MIN_CHARS <= len(answer) <= MEDQUAD_MAX_CHARS:
-                    continue
-                # One pair per source document (topic) outside the pinned ones, for variety.
-                if (rec["collection"], rec["doc_id"]) in seen_docs:
-                    continue
-                seen_docs.add((rec["collection"], rec["doc_id"]))
-            seen_answers.add(answer)
-            metadata = {"source": f"MedQuAD/{rec['source']}", "url": rec.get("url") or "",
-                        "focus": rec.get("focus") or "", "license": LICENSES["medquad"]}
-            candidates[uid] = {"_id": _medquad_id(uid), "title": rec["question"].strip(), "text": answer,
-                               "metadata": metadata}
-    return _pick(candidates, PINNED_MEDQUAD, N_MEDQUAD, str(path))
+            seen.add(answer)
+            focus = _clean(rec.get("focus") or "") or _clean(rec["question"])
+            metadata = {"source": f"MedQuAD/{rec['source']}", "url": rec.get("url") or "", "focus": focus,
+                        "qtype": rec.get("qtype") or "", "question": _clean(rec["question"]),
+                        "license": LICENSES["medquad"]}
+            title = f"{focus}: {rec['qtype']}" if rec.get("qtype") else focus
+            out.append({"_id": medquad_id(rec["uid"]), "title": title, "text": answer, "metadata": metadata})
+    return out
+
+
+def bioasq_docs(data: Path) -> list[dict[str, Any]]:
+    out = []
+    with gzip.open(data / "bioasq-snippets" / "corpus.jsonl.gz", "rt", encoding="utf-8") as handle:
+        for line in handle:
+            rec = json.loads(line)
+            text, title = (rec.get("text") or "").strip(), _clean(rec.get("title") or "")
+            if not text and not title:
+                continue
+            pmid = str(rec["_id"])
+            metadata = {"source": "BioASQ", "pmid": pmid, "license": LICENSES["bioasq"]}
+            if not title:
+                metadata["display_title"] = f"PubMed {pmid} (abstract excerpt)"
+            out.append({"_id": f"bioasq-{pmid}", "title": title, "text": text, "metadata": metadata})
+    return out
 
 
 def scifact_docs(data: Path) -> list[dict[str, Any]]:
-    path = data / "scifact" / "corpus.jsonl.gz"
-    candidates = {}
-    with gzip.open(path, "rt", encoding="utf-8") as handle:
+    out = []
+    with gzip.open(data / "scifact" / "corpus.jsonl.gz", "rt", encoding="utf-8") as handle:
         for line in handle:
             rec = json.loads(line)
             if not (rec.get("text") or "").strip():
                 continue
+            title = _clean(rec.get("title") or "")
             metadata = {"source": "SciFact", "license": LICENSES["scifact"]}
-            candidates[str(rec["_id"])] = {"_id": f"scifact-{rec['_id']}", "title": (rec.get("title") or "").strip(),
-                                           "text": rec["text"].strip(), "metadata": metadata}
-    return _pick(candidates, (), N_SCIFACT, str(path))
+            if not title:
+                metadata["display_title"] = f"SciFact abstract {rec['_id']}"
+            out.append({"_id": f"scifact-{rec['_id']}", "title": title, "text": rec["text"].strip(),
+                        "metadata": metadata})
+    return out
 
 
 def build(data: Path) -> list[dict[str, Any]]:
-    """All selected documents, PubMedQA then MedQuAD then SciFact; ids are unique."""
-    docs = pubmedqa_docs(data) + medquad_docs(data) + scifact_docs(data)
+    """All documents, MedQuAD then PubMedQA then BioASQ then SciFact; ids are unique, titles present."""
+    docs = medquad_docs(data) + pubmedqa_docs(data) + bioasq_docs(data) + scifact_docs(data)
     ids = [doc["_id"] for doc in docs]
-    if len(set(ids)) != len(ids):
-        raise SystemExit("duplicate ids in the selection")
+    dupes = [i for i, n in Counter(ids).items() if n > 1]
+    if dupes:
+        raise SystemExit(f"duplicate ids in the corpus, e.g. {dupes[:5]}")
+    missing = sorted(set(REQUIRED) - set(ids))
+    if missing:
+        raise SystemExit(f"documents the demo questions need are missing: {missing}")
+    untitled = [d["_id"] for d in docs if not d["title"] and not d["metadata"].get("display_title")]
+    if untitled:
+        raise SystemExit(f"documents without a title or display_title, e.g. {untitled[:5]}")
     return docs
 
 
@@ -166,12 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     docs = build(args.data)
     size = write(docs, args.out)
-    counts: dict[str, int] = {}
-    for doc in docs:
-        key = doc["_id"].split("-", 1)[0]
-        counts[key] = counts.get(key, 0) + 1
+    counts = Counter(doc["_id"].split("-", 1)[0] for doc in docs)
     sha = hashlib.sha256(args.out.read_bytes()).hexdigest()
-    print(f"wrote {args.out}: {len(docs)} documents {counts}, {size} bytes, sha256 {sha}")
+    print(f"wrote {args.out}: {len(docs)} documents {dict(counts)}, {size} bytes, sha256 {sha}")
     return 0
 
 

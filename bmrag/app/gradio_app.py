@@ -11,17 +11,20 @@ import argparse
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from bmrag import options
 from bmrag.app.render import CSS, DISCLAIMER, render_evidence
 from bmrag.app.service import MAX_QUESTION_CHARS, MAX_TOP_K, AppConfig, DemoService
-from bmrag.index.build import run_index
-from bmrag.index.manifest import read_manifest
-from bmrag.index.open import default_index_dir
-from bmrag.index.sample import SAMPLE_QUESTIONS
+from bmrag.index.background import BackgroundIndexer
+from bmrag.index.open import default_index_dir, load_embedding
+from bmrag.index.sample import SAMPLE_QUESTIONS, STARTUP_DOCUMENTS, priority_order
+from bmrag.index.sources import read_documents
+from bmrag.index.store import open_store
 from bmrag.loading import offline_environment
+from bmrag.models import DEFAULT_RETRIEVER, model_note
 from bmrag.qa.result import EXIT_CODES
 
 if TYPE_CHECKING:
@@ -155,7 +158,8 @@ def run_smoke(service: DemoService, question: str, *, top_k: int | None = None, 
 
 
 def _plain(markdown: str) -> str:
-    return re.sub(r"[*_]{1,2}", "", markdown)
+    text = re.sub(r"^>\s?", "", markdown, flags=re.MULTILINE)  # quotations: the quote marks stay
+    return re.sub(r"[*_]{1,2}", "", re.sub(r"\n{2,}", "\n", text))
 
 
 # ------------------------------------------------------------------------------------------ commands
@@ -169,41 +173,54 @@ def config_from_args(args: argparse.Namespace, index_dir: str | os.PathLike[str]
 
 
 def run_demo_app(args: argparse.Namespace) -> int:
-    """``bmrag demo``: build the bundled sample index when it is missing, then serve the app (or ``--smoke``).
+    """``bmrag demo``: index the first documents of the corpus, then serve the app while the rest is indexed.
 
-    The index is (re)built when it is missing or empty, or when ``--corpus``/``--model`` is given (indexing is
-    idempotent: documents already stored are not embedded again).
+    The corpus (the bundled sample, or ``--corpus``) is indexed in :func:`bmrag.index.sample.priority_order`:
+    the first :data:`~bmrag.index.sample.STARTUP_DOCUMENTS` before the app starts (the sample questions' documents
+    first), the rest in the background while the app answers from what is indexed (the page shows the progress).
+    Indexing is idempotent: a restart skips what is stored. ``--smoke`` answers after the startup documents.
     """
     if args.model is None:
         offline_environment()  # a Hub model named with --model is the only reason to reach the Hub
     index_dir = Path(args.index).expanduser() if args.index else default_index_dir()
+    options.apply_threads(args)
+    corpus, label = read_documents(args.corpus)
+    order = priority_order(corpus) if args.corpus is None else list(corpus)
+    name = args.model or DEFAULT_RETRIEVER
+    print(model_note(name, "option" if args.model else "default"), flush=True)
+    embed_model = load_embedding(name, dtype=args.dtype)
+    store = open_store(index_dir, embed_model, collection=args.collection)
     try:
-        count = int(read_manifest(index_dir, args.collection)["count"])
-    except FileNotFoundError:
-        count = 0
-    if count == 0 or args.corpus is not None or args.model is not None:
-        print(f"Building the index {index_dir} first (once; later runs reuse it) ...", flush=True)
-        code = run_index(corpus=args.corpus, index_dir=index_dir, model=args.model, collection=args.collection,
-                         show_progress=not args.no_progress, dtype=args.dtype)
-        if code:
-            return code
-    return run_from_args(args, index_dir=index_dir)
+        print(f"Corpus: {label} ({len(corpus):,} documents). Indexing the first {STARTUP_DOCUMENTS:,} into "
+              f"{index_dir} before the app starts; the rest follows in the background.", flush=True)
+        BackgroundIndexer(store, embed_model, corpus, order,
+                          show_progress=not args.no_progress).run_until(STARTUP_DOCUMENTS)
+    finally:
+        store.close()
+    return run_from_args(args, index_dir=index_dir, background=(corpus, order))
 
 
-def run_from_args(args: argparse.Namespace, *, index_dir: str | os.PathLike[str] | None = None) -> int:
-    """Load the service once, then either answer ``--smoke`` and exit, or serve the app until Ctrl-C."""
+def run_from_args(args: argparse.Namespace, *, index_dir: str | os.PathLike[str] | None = None,
+                  background: tuple[Mapping[str, Any], list[str]] | None = None) -> int:
+    """Load the service once, then either answer ``--smoke`` and exit, or serve the app until Ctrl-C.
+
+    ``background`` is ``(corpus, order)`` to keep indexing while the app serves (not with ``--smoke``).
+    """
     if getattr(args, "model", None) is None:
         offline_environment()
     config = config_from_args(args, index_dir or args.index or default_index_dir())
     print(f"Loading the index {config.index_dir} and the {config.backend} generator ...", flush=True)
     service = DemoService(config)
     try:
+        print(f"bmrag demo: {service.status_line().replace('**', '')}", flush=True)
         if args.smoke is not None:
             return run_smoke(service, args.smoke)
         if service.index_error:
             print(f"warning: {service.index_error}", file=sys.stderr)
         if service.generator_error:
             print(f"warning: {service.generator_error}", file=sys.stderr)
+        if background is not None and service.chain is not None:
+            service.start_indexing(*background, show_progress=not getattr(args, "no_progress", False))
         try:
             launch(service, host=args.host, port=args.port)
         except KeyboardInterrupt:

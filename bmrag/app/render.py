@@ -93,7 +93,7 @@ def render_evidence(rows: Sequence[EvidenceRow], *, empty: str = "No evidence ye
                  else '<span class="bm-badge bm-cited" title="the model wrote no citation; bmrag cited the passage '
                       'holding most of the sentence\'s words">cited (word overlap)</span>' if row.attributed
                  else '<span class="bm-badge bm-cited">cited</span>')
-        title = html.escape(row.title) if row.title else "<i>no title</i>"
+        title = html.escape(row.title) if row.title else html.escape(row.source_id)
         cards.append(
             f'<div class="bm-card" id="evidence-{row.number}" data-number="{row.number}" '
             f'data-cited="{str(row.cited).lower()}">'

@@ -27,13 +27,14 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from bmrag.app.render import AnswerView, EvidenceRow, answer_markdown, evidence_rows
 from bmrag.app.streaming import StreamingGenerator
+from bmrag.index.background import BackgroundIndexer
 from bmrag.loading import DTypeName
 from bmrag.models import DEFAULT_API_BASE
 from bmrag.options import DEFAULT_RERANK_MODEL
@@ -159,6 +160,7 @@ class DemoService:
         self.retriever_model: str | None = None
         self.pub_types: list[str] = []
         self.years: tuple[int, int] | None = None
+        self.indexer: BackgroundIndexer | None = None
         self._open_index()
         if generator is not None:
             self.generator = StreamingGenerator.wrap(generator)
@@ -231,8 +233,21 @@ class DemoService:
                                                          top_n=first_stage_candidates(MAX_TOP_K, True))
         return self._reranker
 
+    def start_indexing(self, corpus: Mapping[str, Mapping[str, Any]], order: Sequence[str] | None = None, *,
+                       show_progress: bool = True) -> BackgroundIndexer:
+        """Index ``corpus`` into the open index in the background while questions are answered (see
+        :mod:`bmrag.index.background`); the status line shows the progress."""
+        if self.chain is None:
+            raise RuntimeError(f"no index to add to: {self.index_error}")
+        self.indexer = BackgroundIndexer(self.chain.store, self.chain.embed_model, corpus, order, lock=self._lock,
+                                         show_progress=show_progress)
+        self.indexer.start()
+        return self.indexer
+
     def close(self) -> None:
-        """Release the Chroma client."""
+        """Stop background indexing and release the Chroma client."""
+        if self.indexer is not None:
+            self.indexer.stop(timeout=60)
         if self.chain is not None:
             self.chain.close()
 
@@ -242,9 +257,13 @@ class DemoService:
         if self.chain is None:
             return f"**Index:** not available ({self.config.index_dir})"
         gen = self.generator
+        chunks = self.chain.store.count() if self.indexer is not None else self.chunks
+        index = f"**Index:** {self.config.index_dir} ({chunks} chunks)"
+        if self.indexer is not None and not self.indexer.progress().complete:
+            index += f" · **Indexing:** {self.indexer.progress().describe()}"
         if self.config.answer == "extractive":
             return (f"**Retriever:** {self.retriever_model} · **Answers:** sentences quoted from the sources "
-                    f"(extractive; no generator) · **Index:** {self.config.index_dir} ({self.chunks} chunks)")
+                    f"(extractive; no generator) · {index}")
         if gen is not None:
             where = f" at {gen.endpoint}" if gen.backend == "vllm" else ""
             dtype = gen.describe().get("dtype")  # local only: the hardware's default unless chosen
@@ -252,8 +271,7 @@ class DemoService:
                          f"up to {gen.max_new_tokens} tokens)")
         else:
             generator = f"{self.config.backend} backend, **unavailable**"
-        return (f"**Retriever:** {self.retriever_model} · **Generator:** {generator} · "
-                f"**Index:** {self.config.index_dir} ({self.chunks} chunks)")
+        return f"**Retriever:** {self.retriever_model} · **Generator:** {generator} · {index}"
 
     # -- answering
     def _view_chain(self, top_k: int, rerank: bool, generator: StreamingGenerator | None) -> QAChain:

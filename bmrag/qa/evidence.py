@@ -86,7 +86,9 @@ def evidence_from_nodes(nodes: Sequence[NodeWithScore]) -> list[Evidence]:
         first = meta.get(FIRST_STAGE_SCORE)
         year = meta.get(YEAR_FIELD)
         out.append(Evidence(
-            number=0, node_id=hit.node.node_id, doc_id=doc_id, title=str(meta.get("title") or ""),
+            # display_title: a card title for sources without one (PubMedQA, BioASQ), never embedded.
+            number=0, node_id=hit.node.node_id, doc_id=doc_id,
+            title=str(meta.get("title") or meta.get("display_title") or ""),
             text=hit.node.get_content(metadata_mode=MetadataMode.NONE), score=score,
             first_stage_score=float(first) if first is not None else score,
             url=citations.source_url(doc_id, meta), pmid=citations.pmid_of(doc_id, meta),
