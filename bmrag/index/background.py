@@ -116,6 +116,12 @@ class BackgroundIndexer:
         self._thread = threading.Thread(target=self._background, name="bmrag-indexer", daemon=True)
         self._thread.start()
 
+    def wait(self, timeout: float | None = None) -> IndexingProgress:
+        """Wait for the background thread to finish (or ``timeout`` seconds); returns the progress."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.progress()
+
     def stop(self, timeout: float | None = None) -> None:
         """Ask the thread to stop after its current batch and wait for it."""
         self._stop.set()
