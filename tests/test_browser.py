@@ -75,11 +75,54 @@ def test_question_to_cited_answer_and_evidence_in_chromium(app_url):
             browser.close()
 
 
+@pytest.fixture(scope="module")
+def quoting_url(tmp_path_factory):
+    """The offline default app: extractive answers, abstention, no generator."""
+    index_dir = small_index(tmp_path_factory.mktemp("browser_index"))
+    service = DemoService(AppConfig(index_dir=index_dir))
+    app, url = launch(service, port=free_port(), block=False, quiet=True)
+    yield url
+    app.close()
+    service.close()
+
+
+def test_an_answered_and_an_abstained_question_in_chromium(quoting_url):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra)")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1100})
+            page.goto(quoting_url, wait_until="networkidle")
+            assert "sentences quoted from the sources" in page.locator("#bm-status").inner_text()
+            ask, question = page.locator("#bm-ask"), page.locator("#bm-question textarea")
+
+            question.fill("What are the warning signs of a stroke?")
+            ask.click()
+            status = page.locator("#bm-run-status")
+            sync_api.expect(status).to_contain_text("Status: answered", timeout=60_000)
+            answer = page.locator("#bm-answer").inner_text()
+            assert "\u201c" in answer and re.search(r"\[\d\]", answer)  # quotations, each with its [n]
+            cited = page.locator('#bm-evidence .bm-card[data-cited="true"]')
+            assert cited.count() >= 1 and "Stroke" in cited.first.inner_text()
+            sync_api.expect(ask).to_be_enabled()
+
+            question.fill("What is the capital of France?")
+            ask.click()
+            sync_api.expect(status).to_contain_text("Status: abstained", timeout=60_000)
+            assert "The indexed sources don't answer this question." in page.locator("#bm-answer").inner_text()
+            assert page.locator("#bm-evidence .bm-card").count() >= 1  # the nearest passages are still shown
+            assert page.locator('#bm-evidence .bm-card[data-cited="true"]').count() == 0
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "clinical_qa_abstained.png"), full_page=True)
+        finally:
+            browser.close()
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("BMRAG_README_SCREENSHOT") != "1",
                     reason="regenerates docs/img/clinical_qa.png: BMRAG_README_SCREENSHOT=1 pytest -m slow -k readme")
-def test_readme_screenshot_with_the_real_generator():
-    """The README's screenshot: the demo index (``bmrag index``) and the real embedded generator, no test double."""
+def test_readme_screenshot_of_the_default_app():
+    """The README's screenshot: the demo index (``bmrag demo``) and the app's offline default (quoted answers)."""
     from PIL import Image
 
     from bmrag.index.open import default_index_dir
@@ -96,7 +139,7 @@ def test_readme_screenshot_with_the_real_generator():
             page = browser.new_page(viewport={"width": 1200, "height": 900})
             page.goto(url, wait_until="networkidle")
             page.get_by_text("Settings").click()
-            page.locator("#bm-question textarea").fill(STATINS_QUESTION)
+            page.locator("#bm-question textarea").fill("What are the warning signs of a stroke?")
             page.locator("#bm-ask").click()
             sync_api.expect(page.locator("#bm-run-status")).to_contain_text("Status:", timeout=180_000)
             raw = ARTIFACTS / "readme_raw.png"

@@ -45,6 +45,7 @@ def build_app(service: DemoService) -> gr.Blocks:
                     "against the evidence shown.")
         gr.Markdown(DISCLAIMER, elem_classes=["bm-notice"], elem_id="bm-disclaimer")
         status = gr.Markdown(service.status_line(), elem_id="bm-status")
+        gr.Markdown(service.coverage_line(), elem_id="bm-coverage")
         if service.index_error:
             gr.Markdown(f"**Index problem:** {service.index_error}", elem_classes=["bm-notice"])
         with gr.Row():

@@ -161,6 +161,7 @@ class DemoService:
         self.pub_types: list[str] = []
         self.years: tuple[int, int] | None = None
         self.indexer: BackgroundIndexer | None = None
+        self.sources: dict[str, int] = {}
         self._open_index()
         if generator is not None:
             self.generator = StreamingGenerator.wrap(generator)
@@ -195,6 +196,21 @@ class DemoService:
         self.pub_types = sorted({str(m["pub_type"]) for m in rows if m and m.get("pub_type") not in (None, "")})
         years = [int(m["year"]) for m in rows if m and isinstance(m.get("year"), (int, float))]
         self.years = (min(years), max(years)) if years else None
+        sources: dict[str, int] = {}
+        for m in rows:
+            name = str((m or {}).get("source") or "other").split("/")[0]
+            sources[name] = sources.get(name, 0) + 1
+        self.sources = dict(sorted(sources.items(), key=lambda kv: -kv[1]))
+
+    def coverage_line(self) -> str:
+        """What the index covers, for the page: its sources and what kind of questions they answer (Markdown)."""
+        if self.chain is None or not self.sources:
+            return ""
+        kinds = {"MedQuAD": "NIH consumer-health pages", "PubMedQA": "PubMed abstracts",
+                 "BioASQ": "PubMed abstracts (excerpts)", "SciFact": "scientific abstracts"}
+        parts = [f"{name} ({kinds[name]})" if name in kinds else name for name in self.sources]
+        return ("**What the sources cover:** " + ", ".join(parts) + ". Questions outside them are answered with "
+                "\"The indexed sources don't answer this question\" and the nearest passages.")
 
     def _load_generator(self) -> None:
         from bmrag import generators
