@@ -18,9 +18,10 @@ import pytest
 from ui_helpers import ASTHMA, STATINS_AF, STATINS_QUESTION, STROKE, free_port, small_index, stand_in_generator
 
 from bmrag import loading
+from bmrag.app.config import AppConfig
 from bmrag.app.gradio_app import EXAMPLE_QUESTIONS, launch
 from bmrag.app.render import EvidenceRow, render_evidence
-from bmrag.app.service import MAX_QUESTION_CHARS, AppConfig, DemoService, truncate_question
+from bmrag.app.service import MAX_QUESTION_CHARS, DemoService, truncate_question
 from bmrag.models import DEFAULT_API_BASE
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from ui_helpers import STATINS_QUESTION, free_port, small_index, stand_in_generator
 
+from bmrag.app.config import AppConfig
 from bmrag.app.gradio_app import launch
-from bmrag.app.service import AppConfig, DemoService
+from bmrag.app.service import DemoService
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",

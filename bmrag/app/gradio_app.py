@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from bmrag import options
+from bmrag.app.config import MAX_TOP_K, AppConfig
 from bmrag.app.render import CSS, DISCLAIMER, render_evidence
-from bmrag.app.service import MAX_QUESTION_CHARS, MAX_TOP_K, AppConfig, DemoService
+from bmrag.app.service import MAX_QUESTION_CHARS, DemoService
 from bmrag.index.background import BackgroundIndexer
 from bmrag.index.open import default_index_dir, load_embedding
 from bmrag.index.sample import SAMPLE_QUESTIONS, STARTUP_DOCUMENTS, priority_order

@@ -260,24 +260,8 @@ class QAChain:
         if not hybrid:
             retriever = self._index.as_retriever(similarity_top_k=self.retrieve_depth, filters=filters)
             return retriever.retrieve(question), {"mode": fusion.DENSE_LABEL}
-        from llama_index.core.schema import QueryBundle
-
-        depth = self.fusion_depth
-        # Embed once: the dense query and the dense scores of BM25-only hits use the same vector.
-        embedding = self.embed_model.get_query_embedding(question)
-        dense = self._index.as_retriever(similarity_top_k=depth, filters=filters).retrieve(
-            QueryBundle(query_str=question, embedding=embedding))
-        collection = self.store.client
-        bm25, built = fusion.bm25_for_collection(collection)
-        allowed = fusion.allowed_ids(collection, fusion.chroma_where(filters))
-        hits = bm25.search(question, depth, allowed)
-        nodes = fusion.fuse(dense, hits, collection=collection, query_embedding=embedding,
-                            space=str(self.store.manifest["space"]), top_n=self.candidates)
-        info = {"mode": fusion.HYBRID_LABEL, "fusion_depth": depth, "dense_hits": len(dense), "bm25_hits": len(hits),
-                "bm25_only": sum(1 for n in nodes if n.node.metadata.get(fusion.DENSE_RANK) is None),
-                "bm25_index": {**bm25.description, "built_now": built,
-                               "build_seconds": round(bm25.build_seconds, 3)}}
-        return nodes, info
+        return fusion.hybrid_retrieve(self._index, self.store, self.embed_model, question, filters,
+                                      depth=self.fusion_depth, top_n=self.candidates)
 
     def ask(self, question: str, *, year_min: int | None = None, year_max: int | None = None,
             pub_types: Sequence[str] | None = None, hybrid: bool | None = None,

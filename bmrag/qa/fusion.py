@@ -253,3 +253,36 @@ def fuse(dense: Sequence[NodeWithScore], bm25: Sequence[BM25Hit], *, collection:
             setattr(hit.node, keys, current + [key for key in _FUSION_KEYS if key not in current])
         out.append(hit)
     return out
+
+
+def hybrid_retrieve(index: Any, store: Any, embed_model: Any, question: str, filters: MetadataFilters | None, *,
+                    depth: int, top_n: int) -> tuple[list[NodeWithScore], dict[str, Any]]:
+    """BM25 and dense hits (``depth`` each, same filters) fused by RRF, the best ``top_n`` kept (see :func:`fuse`).
+
+    Args:
+        index: The LlamaIndex ``VectorStoreIndex`` over ``store``.
+        store: The open vector store (its Chroma collection feeds the BM25 side).
+        embed_model: The embedding model the index was built with.
+        question: The question.
+        filters: Metadata filters, applied to both sides.
+        depth: Hits each retriever contributes.
+        top_n: Fused hits kept.
+
+    Returns:
+        The fused nodes and what ran (mode, depths, hit counts, the BM25 index and whether it was built now).
+    """
+    from llama_index.core.schema import QueryBundle
+
+    # Embed once: the dense query and the dense scores of BM25-only hits use the same vector.
+    embedding = embed_model.get_query_embedding(question)
+    dense = index.as_retriever(similarity_top_k=depth, filters=filters).retrieve(
+        QueryBundle(query_str=question, embedding=embedding))
+    collection = store.client
+    bm25, built = bm25_for_collection(collection)
+    hits = bm25.search(question, depth, allowed_ids(collection, chroma_where(filters)))
+    nodes = fuse(dense, hits, collection=collection, query_embedding=embedding, space=str(store.manifest["space"]),
+                 top_n=top_n)
+    info = {"mode": HYBRID_LABEL, "fusion_depth": depth, "dense_hits": len(dense), "bm25_hits": len(hits),
+            "bm25_only": sum(1 for n in nodes if n.node.metadata.get(DENSE_RANK) is None),
+            "bm25_index": {**bm25.description, "built_now": built, "build_seconds": round(bm25.build_seconds, 3)}}
+    return nodes, info
