@@ -117,16 +117,29 @@ class RetrieverTrainer(Trainer):
         dataset = self.train_dataset
         if not isinstance(dataset, GroupDataset):
             raise TypeError(f"train_dataset must be a GroupDataset, got {type(dataset).__name__}")
+        # Batches are *global* (per-device size x world size): every rank draws the same duplicate-free batch
+        # and the collator embeds this rank's slice, so a DDP run sees exactly the batches one process would
+        # with the union batch size (ranks never overlap; tests/test_training_dist.py).
+        world = self.args.world_size
+        global_batch = self._train_batch_size * world
         if self.dedupe_batches:
-            sampler = NoDuplicateBatchSampler(dataset.groups, self._train_batch_size, seed=self.args.seed)
+            sampler = NoDuplicateBatchSampler(dataset.groups, global_batch, seed=self.args.seed)
             batches = len(sampler)
             logger.info("duplicate-free batches: %d of %d groups in %d batches (%d deferred, %d left over)",
-                        batches * self._train_batch_size, len(dataset), batches, sampler.deferred, sampler.unused)
+                        batches * global_batch, len(dataset), batches, sampler.deferred, sampler.unused)
         else:
-            sampler = RandomBatchSampler(len(dataset), self._train_batch_size, seed=self.args.seed)
+            sampler = RandomBatchSampler(len(dataset), global_batch, seed=self.args.seed)
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=self.data_collator,
                                              num_workers=self.args.dataloader_num_workers)
-        return self.accelerator.prepare(loader)
+        prepared = self.accelerator.prepare(loader)
+        if world > 1:
+            # accelerate would hand rank r every world-th global batch; make its shard wrapper a passthrough
+            # (as transformers does for its rank-aware BatchRebalanceSampler): the collator slices instead.
+            shard = getattr(prepared, "batch_sampler", None)
+            if shard is None or getattr(shard, "batch_sampler", None) is not sampler:
+                raise RuntimeError(f"unexpected data loader from accelerate: {type(prepared).__name__}")
+            shard.num_processes, shard.process_index = 1, 0
+        return prepared
 
     # -------------------------------------------------------------------------------------------- loss
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
