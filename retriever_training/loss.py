@@ -24,7 +24,8 @@ gradient on 2 ranks.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -147,6 +148,7 @@ def cached_info_nce_backward(
     chunk_size: int,
     mask: torch.Tensor | None = None,
     loss_scale: float = 1.0,
+    no_sync: Callable[[], AbstractContextManager] | None = None,
 ) -> torch.Tensor:
     """Compute the InfoNCE loss of a large batch and back-propagate it chunk by chunk (GradCache).
 
@@ -163,6 +165,8 @@ def cached_info_nce_backward(
         chunk_size: Rows per forward pass.
         mask: As in :func:`info_nce`.
         loss_scale: Multiplies the loss before back-propagation (e.g. ``1 / gradient_accumulation_steps``).
+        no_sync: Under DDP, the wrapped model's ``no_sync``: every chunk's backward but the last runs inside it,
+            so gradients are all-reduced once per step instead of once per chunk (the result is the same).
 
     Returns:
         The (unscaled) loss, detached. Parameter ``.grad`` fields hold the accumulated gradients.
@@ -180,9 +184,12 @@ def cached_info_nce_backward(
         states[side] = rngs
     loss = distributed_info_nce(reps["q"], reps["p"], temperature, mask)
     (loss * loss_scale).backward()  # fills reps[side].grad: (n, D)
-    for side, inputs in (("q", query_inputs), ("p", passage_inputs)):
-        grads: Sequence[torch.Tensor] = reps[side].grad.split(chunk_size)  # chunks of (chunk, D)
-        for chunk, rng, grad in zip(_split(inputs, chunk_size), states[side], grads):
+    work = [(chunk, rng, grad) for side, inputs in (("q", query_inputs), ("p", passage_inputs))
+            for chunk, rng, grad in zip(_split(inputs, chunk_size), states[side],
+                                        reps[side].grad.split(chunk_size))]  # grads: chunks of (chunk, D)
+    for i, (chunk, rng, grad) in enumerate(work):
+        last = i == len(work) - 1
+        with nullcontext() if no_sync is None or last else no_sync():
             current = _RngState()
             rng.restore()
             vectors = embed(chunk)  # (chunk, D) with autograd

@@ -157,7 +157,7 @@ class RetrieverTrainer(Trainer):
             loss = cached_info_nce_backward(
                 lambda chunk: model(embed=chunk).reps, inputs["query"], inputs["passage"], unwrapped.temperature,
                 self.args.cache_chunk_size, mask=inputs.get("mask"),
-                loss_scale=1.0 / self.current_gradient_accumulation_steps)
+                loss_scale=1.0 / self.current_gradient_accumulation_steps, no_sync=getattr(model, "no_sync", None))
         return loss / self.current_gradient_accumulation_steps
 
     # ------------------------------------------------------------------------------------------ saving
