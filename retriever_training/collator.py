@@ -72,6 +72,7 @@ class TrainCollator:
         self.group_size = group_size
         self.seed = seed
         self.stats = CollatorStats()
+        self.local_ids: list[str] = []  # ids (or indices) of the groups this process embedded in the last batch
 
     def choose(self, items: Sequence[tuple[int, int, Group]]) -> tuple[list[str], list[list], list[set[str]]]:
         """Pick passages: returns query texts, per-group [positive, negatives...], per-group positive keys."""
@@ -115,11 +116,13 @@ class TrainCollator:
             if len(items) % world:
                 raise ValueError(f"a global batch of {len(items)} groups does not split over {world} ranks")
             rows = len(items) // world
+            self.local_ids = [group.id or str(index) for _, index, group in items[rank * rows:(rank + 1) * rows]]
             queries = queries[rank * rows:(rank + 1) * rows]
             passages = passages[rank * rows * self.group_size:(rank + 1) * rows * self.group_size]
             any_masked = bool(mask.any())  # the same on every rank (same global batch)
             mask = mask[rank * rows:(rank + 1) * rows]  # (B / world, B * G)
             return {**self._tokens(queries, passages), "mask": mask if any_masked else None}
+        self.local_ids = [group.id or str(index) for _, index, group in items]
         return {**self._tokens(queries, passages), "mask": mask if mask.any() else None}
 
     def _tokens(self, queries: list[str], passages: list[str]) -> dict[str, object]:

@@ -114,16 +114,21 @@ class RetrieverTrainer(Trainer):
 
     # -------------------------------------------------------------------------------------------- data
     def get_train_dataloader(self) -> torch.utils.data.DataLoader:
+        from retriever_training.arrow_data import ArrowGroupDataset, ArrowNoDuplicateBatchSampler
+
         dataset = self.train_dataset
-        if not isinstance(dataset, GroupDataset):
-            raise TypeError(f"train_dataset must be a GroupDataset, got {type(dataset).__name__}")
+        if not isinstance(dataset, (GroupDataset, ArrowGroupDataset)):
+            raise TypeError(f"train_dataset must be a GroupDataset or an ArrowGroupDataset, got "
+                            f"{type(dataset).__name__}")
         # Batches are *global* (per-device size x world size): every rank draws the same duplicate-free batch
         # and the collator embeds this rank's slice, so a DDP run sees exactly the batches one process would
         # with the union batch size (ranks never overlap; tests/test_training_dist.py).
         world = self.args.world_size
         global_batch = self._train_batch_size * world
         if self.dedupe_batches:
-            sampler = NoDuplicateBatchSampler(dataset.groups, global_batch, seed=self.args.seed)
+            sampler = (ArrowNoDuplicateBatchSampler(dataset, global_batch, seed=self.args.seed)
+                       if isinstance(dataset, ArrowGroupDataset)
+                       else NoDuplicateBatchSampler(dataset.groups, global_batch, seed=self.args.seed))
             batches = len(sampler)
             logger.info("duplicate-free batches: %d of %d groups in %d batches (%d deferred, %d left over)",
                         batches * global_batch, len(dataset), batches, sampler.deferred, sampler.unused)
@@ -211,13 +216,24 @@ def train(model_args, data_args, training_args) -> dict[str, Any]:
 
     started = time.time()
     set_seed(training_args.seed)  # the LoRA initialisation is random; a run must be reproducible from its seed
-    groups = []
-    per_file = {}
-    for path in data_args.train_files:
-        loaded = read_groups(path, limit=data_args.max_groups)
-        per_file[path] = len(loaded)
-        groups.extend(loaded)
-    dataset = GroupDataset(groups, min_negatives=data_args.train_group_size - 1)
+    arrow = [str(path).endswith(".arrow") for path in data_args.train_files]
+    if any(arrow) and not all(arrow):
+        raise ValueError(f"train_files mixes .arrow and JSONL files {data_args.train_files}; convert the JSONL "
+                         "ones with `bmrag-train arrow` (or pass JSONL only)")
+    if all(arrow):  # memory-mapped: flat memory however many groups (retriever_training/arrow_data.py)
+        from retriever_training.arrow_data import ArrowGroupDataset
+
+        dataset = ArrowGroupDataset(data_args.train_files, min_negatives=data_args.train_group_size - 1,
+                                    limit_per_file=data_args.max_groups)
+        per_file = dataset.per_file
+    else:
+        groups = []
+        per_file = {}
+        for path in data_args.train_files:
+            loaded = read_groups(path, limit=data_args.max_groups)
+            per_file[path] = len(loaded)
+            groups.extend(loaded)
+        dataset = GroupDataset(groups, min_negatives=data_args.train_group_size - 1)
     encoder = build_encoder(
         model_args.model_name_or_path, dtype=model_args.dtype, lora=model_args.lora, lora_r=model_args.lora_r,
         lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout, lora_targets=model_args.lora_targets,

@@ -15,6 +15,7 @@ import torch
 from transformers import TrainerCallback
 
 from retriever_training.arguments import parse_training_args
+from retriever_training.arrow_data import ArrowGroupDataset
 from retriever_training.collator import TrainCollator
 from retriever_training.data import Group, GroupDataset
 from retriever_training.model import BiEncoderModel, build_encoder
@@ -43,12 +44,35 @@ def make_groups(n: int, seed: int = 0) -> list[Group]:
     return groups
 
 
+class IdLog:
+    """Wraps the collator and logs, per collated batch, the ids of the groups this process embedded (read from
+    ``TrainCollator.local_ids``). The log runs a batch ahead of the steps (accelerate prefetches one)."""
+
+    def __init__(self, collator: TrainCollator) -> None:
+        self.collator = collator
+        self.ids: list[list[str]] = []
+
+    def __call__(self, items: list) -> dict:
+        batch = self.collator(items)
+        self.ids.append(list(self.collator.local_ids))
+        return batch
+
+    @property
+    def stats(self) -> Any:
+        return self.collator.stats
+
+
 class Recorder(TrainerCallback):
     """Logged losses and, before each optimizer step, the (all-reduced) gradient of every trainable weight."""
 
-    def __init__(self) -> None:
+    def __init__(self, log: IdLog) -> None:
+        self.log = log
         self.losses: list[float] = []
         self.grads: list[dict[str, torch.Tensor]] = []
+
+    @property
+    def ids(self) -> list[list[str]]:
+        return self.log.ids
 
     def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 (HF callback signature)
         if logs and "loss" in logs:
@@ -59,10 +83,11 @@ class Recorder(TrainerCallback):
 
 
 def build_trainer(model_dir: str | Path, out: str | Path, groups: list[Group], *, per_device_batch: int,
+                  arrow_file: str | Path | None = None,
                   **overrides: Any) -> tuple[RetrieverTrainer, BiEncoderModel, Recorder]:
-    """The real training path (``build_encoder`` + ``BiEncoderModel`` + ``TrainCollator`` + ``RetrieverTrainer``)
-    in fp32 with LoRA r=4, a constant learning rate, a loss logged every step and no gradient clipping (so the
-    recorded gradients are the raw ones)."""
+    """The real training path (``build_encoder`` + ``BiEncoderModel`` + ``TrainCollator`` + ``RetrieverTrainer``),
+    from ``groups`` in memory or from ``arrow_file`` holding the same groups, in fp32 with LoRA r=4, a constant
+    learning rate, a loss logged every step and no gradient clipping (the recorded gradients are the raw ones)."""
     torch.manual_seed(0)  # the LoRA A matrices are initialised randomly (identically on every rank)
     encoder = build_encoder(str(model_dir), dtype="float32", device="cpu", lora_r=4, lora_alpha=8)
     model = BiEncoderModel(encoder, temperature=0.05, base_model=str(model_dir))
@@ -75,9 +100,11 @@ def build_trainer(model_dir: str | Path, out: str | Path, groups: list[Group], *
         argv += [f"--{key}", str(value)]
     args = parse_training_args(argv)[2]
     collator = TrainCollator(encoder, group_size=2, passage_max_length=48, seed=0)
-    recorder = Recorder()
-    trainer = RetrieverTrainer(model=model, args=args, train_dataset=GroupDataset(groups, min_negatives=1),
-                               data_collator=collator, adapter_dtype="float32", callbacks=[recorder])
+    recorder = Recorder(IdLog(collator))
+    dataset = (GroupDataset(groups, min_negatives=1) if arrow_file is None
+               else ArrowGroupDataset(arrow_file, min_negatives=1))  # the same groups, memory-mapped
+    trainer = RetrieverTrainer(model=model, args=args, train_dataset=dataset, data_collator=recorder.log,
+                               adapter_dtype="float32", callbacks=[recorder])
     return trainer, model, recorder
 
 

@@ -7,7 +7,8 @@ same groups for 4 steps of 4 groups. In fp32 the logged losses, the all-reduced 
 the final weights agree within 1e-5; a 2-process run stopped at step 2 and resumed from its checkpoint ends
 where the uninterrupted one does; the GradCache path gives the plain path's losses and gradients, on one
 process and across two. The groups make cross-rank false negatives (a hard negative equal to another
-group's positive), so the global mask is exercised too.
+group's positive), so the global mask is exercised too. The ranks embed disjoint halves of each global batch,
+also when the groups are read from the memory-mapped Arrow file (``retriever_training/arrow_data.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 import torch
 from dist_training import GLOBAL_BATCH, STEPS, build_trainer, make_groups, trainable
 
+from retriever_training.arrow_data import convert_to_arrow
 from retriever_training.data import write_groups
 
 TESTS = Path(__file__).resolve().parent
@@ -59,7 +61,7 @@ def single(tiny_llama_dir, groups, tmp_path_factory):
                                                  per_device_batch=GLOBAL_BATCH, **overrides)
         trainer.train()
         out[name] = {"losses": recorder.losses, "grads": recorder.grads, "weights": trainable(model),
-                     "collator": vars(trainer.data_collator.stats)}
+                     "collator": vars(trainer.data_collator.stats), "ids": recorder.ids}
     return out
 
 
@@ -69,14 +71,15 @@ def ddp(tiny_llama_dir, groups, tmp_path_factory):
     work = tmp_path_factory.mktemp("ddp")
     data = work / "groups.jsonl"
     write_groups(data, groups)
+    convert_to_arrow([data], work / "groups.arrow", progress=False)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS)]), "OMP_NUM_THREADS": "1",
            "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(TESTS / "dist_worker.py"), str(tiny_llama_dir), str(data), str(work)]
+           str(TESTS / "dist_worker.py"), str(tiny_llama_dir), str(data), str(work / "groups.arrow"), str(work)]
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
     return {name: [torch.load(work / f"{name}.rank{r}.pt") for r in range(2)]
-            for name in ("plain", "cached", "stop", "resume")}
+            for name in ("plain", "arrow", "cached", "stop", "resume")}
 
 
 def test_ddp_two_ranks_equal_one_process_over_the_union_batch(single, ddp):
@@ -103,3 +106,20 @@ def test_gradcache_equals_the_plain_path_on_one_process_and_across_two(single, d
     _assert_same_run(single["cached"], single["plain"], "GradCache vs plain, 1 process")
     _assert_same_run(ddp["cached"][0], single["plain"], "GradCache on 2 ranks vs plain, 1 process")
     assert _max_diff(ddp["cached"][0]["weights"], ddp["cached"][1]["weights"]) == 0.0
+
+
+@pytest.mark.parametrize("source", ["plain", "arrow"])
+def test_ranks_embed_disjoint_halves_of_the_single_process_batches(single, ddp, source):
+    """Sharding: in every step the two ranks embed disjoint groups whose union (rank 0 first) is exactly the
+    batch one process trains on; no group repeats within the epoch. Same from the memory-mapped Arrow file."""
+    rank0, rank1 = (run["ids"][:STEPS] for run in ddp[source])
+    reference = single["plain"]["ids"][:STEPS]
+    for step, (a, b, ref) in enumerate(zip(rank0, rank1, reference), start=1):
+        assert len(a) == len(b) == GLOBAL_BATCH // 2 and not set(a) & set(b), step
+        assert a + b == ref, step
+    seen = [i for batch in reference for i in batch]
+    assert len(seen) == len(set(seen)) == STEPS * GLOBAL_BATCH
+
+
+def test_ddp_from_memory_mapped_arrow_equals_ddp_from_memory(ddp):
+    _assert_same_run(ddp["arrow"][0], ddp["plain"][0], "2 ranks from Arrow vs 2 ranks from a list of groups")
