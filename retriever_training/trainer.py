@@ -251,7 +251,9 @@ def train(model_args, data_args, training_args) -> dict[str, Any]:
     run_info = {"train_files": per_file, "groups_used": len(dataset), "groups_dropped_short": dataset.dropped_short,
                 "train_group_size": data_args.train_group_size, "query_max_length": data_args.query_max_length,
                 "passage_max_length": data_args.passage_max_length, "temperature": training_args.temperature,
-                "batch_size": training_args.per_device_train_batch_size, "learning_rate": training_args.learning_rate,
+                "batch_size": training_args.per_device_train_batch_size, "world_size": training_args.world_size,
+                "global_batch_size": training_args.per_device_train_batch_size * training_args.world_size,
+                "learning_rate": training_args.learning_rate,
                 "init_adapter": model_args.init_adapter, "normalize": model_args.normalize,
                 "lora": _lora_record(encoder.model)}
     trainer = RetrieverTrainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator,
