@@ -73,6 +73,9 @@ class TrainCollator:
         self.seed = seed
         self.stats = CollatorStats()
         self.local_ids: list[str] = []  # ids (or indices) of the groups this process embedded in the last batch
+        # (rank, world size) under DDP, set by RetrieverTrainer: data-loader worker processes have no process
+        # group to ask. None: ask the default process group (one process when there is none).
+        self.shard: tuple[int, int] | None = None
 
     def choose(self, items: Sequence[tuple[int, int, Group]]) -> tuple[list[str], list[list], list[set[str]]]:
         """Pick passages: returns query texts, per-group [positive, negatives...], per-group positive keys."""
@@ -108,7 +111,7 @@ class TrainCollator:
                 if key in own and j != i * self.group_size:
                     mask[i, j] = True
         self.stats.negatives_masked += int(mask.sum())
-        world, rank = _world_rank()
+        rank, world = self.shard or _rank_world()
         if world > 1:
             # ``items`` is the *global* batch (every rank collates the same one, so negatives are chosen and
             # masked against all of it, as one process would); this rank embeds its slice and keeps its mask
@@ -134,8 +137,8 @@ class TrainCollator:
         return {"query": self.queries.collate(q_ids), "passage": self.passages.collate(p_ids)}
 
 
-def _world_rank() -> tuple[int, int]:
-    """(world size, rank) of the default process group; (1, 0) when not distributed."""
+def _rank_world() -> tuple[int, int]:
+    """(rank, world size) of the default process group; (0, 1) when not distributed."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_world_size(), torch.distributed.get_rank()
-    return 1, 0
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1

@@ -134,6 +134,11 @@ class RetrieverTrainer(Trainer):
                         batches * global_batch, len(dataset), batches, sampler.deferred, sampler.unused)
         else:
             sampler = RandomBatchSampler(len(dataset), global_batch, seed=self.args.seed)
+        if hasattr(self.data_collator, "shard"):  # tells the collator its slice, also inside data-loader workers
+            self.data_collator.shard = (self.args.process_index, world)
+        elif world > 1:
+            raise TypeError(f"under DDP the data collator must take a (rank, world) shard, as TrainCollator does; "
+                            f"got {type(self.data_collator).__name__}")
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=self.data_collator,
                                              num_workers=self.args.dataloader_num_workers)
         prepared = self.accelerator.prepare(loader)

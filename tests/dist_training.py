@@ -61,6 +61,14 @@ class IdLog:
     def stats(self) -> Any:
         return self.collator.stats
 
+    @property
+    def shard(self) -> tuple[int, int] | None:
+        return self.collator.shard
+
+    @shard.setter
+    def shard(self, value: tuple[int, int] | None) -> None:
+        self.collator.shard = value
+
 
 class Recorder(TrainerCallback):
     """Logged losses and, before each optimizer step, the (all-reduced) gradient of every trainable weight."""

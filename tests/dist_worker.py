@@ -6,7 +6,8 @@ Runs, one after the other in the same process group, the scenarios the test comp
 
 * ``plain``: 4 steps, 2 groups per rank (global batch 4);
 * ``arrow``: ``plain`` with the same groups read from the memory-mapped Arrow file;
-* ``cached``: the same through the GradCache path (``cache_chunk_size 1``);
+* ``cached``: the same through the GradCache path (``cache_chunk_size 1``), collated in a data-loader worker
+  process (which has no process group: the trainer tells the collator its slice);
 * ``stop``: 2 of the 4 steps with a checkpoint at step 2; ``resume``: a fresh trainer resumed from it.
 """
 
@@ -44,7 +45,7 @@ def main(model_dir: str, groups_file: str, arrow_file: str, out: str) -> None:
 
     run("plain", "plain")
     run("arrow", "arrow", arrow_file=arrow_file)
-    run("cached", "cached", cache_chunk_size=1)
+    run("cached", "cached", cache_chunk_size=1, dataloader_num_workers=1)  # collation in a worker process
     run("stop", "stopped", max_steps=2, save_strategy="steps", save_steps=2)
     run("resume", "stopped", resume=str(out_dir / "stopped" / "checkpoint-2"))
 

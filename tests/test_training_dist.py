@@ -6,9 +6,10 @@ in-batch negatives gathered across the two ranks) for 4 steps of 2 groups per ra
 same groups for 4 steps of 4 groups. In fp32 the logged losses, the all-reduced gradients of every step and
 the final weights agree within 1e-5; a 2-process run stopped at step 2 and resumed from its checkpoint ends
 where the uninterrupted one does; the GradCache path gives the plain path's losses and gradients, on one
-process and across two. The groups make cross-rank false negatives (a hard negative equal to another
-group's positive), so the global mask is exercised too. The ranks embed disjoint halves of each global batch,
-also when the groups are read from the memory-mapped Arrow file (``retriever_training/arrow_data.py``).
+process and across two (the 2-rank GradCache run also collates in a data-loader worker process). The groups
+make cross-rank false negatives (a hard negative equal to another group's positive), so the global mask is
+exercised too. The ranks embed disjoint halves of each global batch, also when the groups are read from the
+memory-mapped Arrow file (``retriever_training/arrow_data.py``).
 """
 
 from __future__ import annotations
