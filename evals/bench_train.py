@@ -18,6 +18,7 @@ same threads (``measure_matmul_peak``). On a shared CPU both numerator and peak 
 
     python evals/bench_train.py                     # LoRA (bf16 base where the CPU has bf16) + full (fp32)
     python evals/bench_train.py --configs lora --steps 5 --batch 8
+    python evals/bench_train.py --device cuda --batch 64 --steps 5     # on a GPU machine (not run here: none)
 
 Writes ``bench_train.json`` and ``bench_train.md`` under ``--out-dir`` (default ``evals/results``).
 """
@@ -71,10 +72,12 @@ def synthetic_groups(n: int, seed: int = 0) -> list[Group]:
                   id=f"b{i}") for i in range(n)]
 
 
-def matmul_peak(dtype: torch.dtype, size: int, repeats: int = 10) -> dict[str, Any]:
+def matmul_peak(dtype: torch.dtype, size: int, repeats: int = 10, device: str = "cpu") -> dict[str, Any]:
     """``measure_matmul_peak`` plus the same matmul's best TFLOP per *CPU*-second (``time.process_time``): on a
     shared CPU the wall-clock peak is depressed by waiting for a core, so CPU-time MFU needs a CPU-time peak."""
-    peak = measure_matmul_peak(dtype, "cpu", size=size, repeats=repeats)
+    peak = measure_matmul_peak(dtype, device, size=size, repeats=repeats)
+    if device != "cpu":
+        return peak
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     out = torch.empty(size, size, dtype=dtype)
     cpu = []
@@ -96,10 +99,11 @@ def run_config(name: str, args: argparse.Namespace) -> dict[str, Any]:
     from retriever_training.trainer import RetrieverTrainer
 
     lora = name == "lora"
-    dtype = default_dtype("cpu") if lora else "float32"  # full fine-tuning keeps fp32 weights (AdamW in bf16 drifts)
+    # full fine-tuning keeps fp32 weights (AdamW on bf16 weights drifts); LoRA holds the frozen base in the default
+    dtype = default_dtype(args.device) if lora else "float32"
     torch.manual_seed(0)
     started = time.perf_counter()
-    encoder = build_encoder(args.model, dtype=dtype, device="cpu", lora=lora, lora_r=16, lora_alpha=32)
+    encoder = build_encoder(args.model, dtype=dtype, device=args.device, lora=lora, lora_r=16, lora_alpha=32)
     load_s = time.perf_counter() - started
     model = BiEncoderModel(encoder, temperature=0.02, base_model=args.model)
     base = encoder.model.get_base_model() if lora else encoder.model
@@ -124,18 +128,21 @@ def run_config(name: str, args: argparse.Namespace) -> dict[str, Any]:
             self.t, self.c = time.perf_counter(), time.process_time()
 
         def on_step_end(self, a, state, control, **kwargs):  # noqa: ANN001
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
             times.append(time.perf_counter() - self.t)
             cpu_times.append(time.process_time() - self.c)
 
     with tempfile.TemporaryDirectory() as out:
         targs = parse_training_args(["--model_name_or_path", args.model, "--train_files", __file__, "--output_dir",
-                                     out, "--use_cpu", "true", "--per_device_train_batch_size", str(args.batch),
+                                     out, "--use_cpu", str(args.device == "cpu").lower(),
+                                     "--per_device_train_batch_size", str(args.batch),
                                      "--max_steps", str(n_steps), "--save_strategy", "no", "--disable_tqdm", "true",
                                      "--report_to", "none", "--logging_steps", "1000", "--learning_rate", "1e-5"])[2]
         trainer = RetrieverTrainer(model=model, args=targs, train_dataset=GroupDataset(groups, min_negatives=1),
                                    data_collator=counting, callbacks=[Clock()])
         trainer.train()
-    peak = matmul_peak(getattr(torch, dtype), size=args.peak_size)
+    peak = matmul_peak(getattr(torch, dtype), size=args.peak_size, device=args.device)
     multiplier = 2.0 if lora else 3.0
     steps = []
     for i in range(args.warmup, n_steps):
@@ -145,7 +152,8 @@ def run_config(name: str, args: argparse.Namespace) -> dict[str, Any]:
                       "train_tflop": multiplier * fwd / 1e12, "tokens_per_s": round((sum(q) + sum(p)) / times[i], 1),
                       "tokens_per_cpu_s": round((sum(q) + sum(p)) / cpu_times[i], 1),
                       "mfu": multiplier * fwd / times[i] / (peak["tflops"] * 1e12),
-                      "mfu_cpu_time": multiplier * fwd / cpu_times[i] / (peak["tflops_per_cpu_s"] * 1e12)})
+                      "mfu_cpu_time": (multiplier * fwd / cpu_times[i] / (peak["tflops_per_cpu_s"] * 1e12)
+                                       if "tflops_per_cpu_s" in peak else None)})
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     passages = [n for q, p in tokens[args.warmup:n_steps] for n in p]
     return {
@@ -157,7 +165,8 @@ def run_config(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "median_tokens_per_s": round(statistics.median(s["tokens_per_s"] for s in steps), 1),
         "median_mfu": statistics.median(s["mfu"] for s in steps),
         "median_tokens_per_cpu_s": round(statistics.median(s["tokens_per_cpu_s"] for s in steps), 1),
-        "median_mfu_cpu_time": statistics.median(s["mfu_cpu_time"] for s in steps),
+        "median_mfu_cpu_time": (statistics.median(s["mfu_cpu_time"] for s in steps)
+                                if args.device == "cpu" else None),
     }
 
 
@@ -168,7 +177,7 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         f"CPU: {result['cpu']}; {result['date']}; torch threads {result['threads']}; load average "
         f"{result['load_before']} before, {result['load_after']} after (a shared machine: other jobs ran).",
         "",
-        f"Command: `{result['command']}`. No GPU was available to this run.",
+        f"Command: `{result['command']}`. Device: {result['device']}.",
         "",
         "Per step: batch of groups x (query + positive + 1 hard negative), passages cut at 160 tokens. FLOPs = "
         "forward FLOPs x 3 (full) or x 2 (LoRA: no weight gradients for the frozen base); MFU against the matmul "
@@ -185,12 +194,13 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         tok = statistics.median(s["tokens"] for s in run["steps"])
         tflops = statistics.median(s["train_tflop"] / s["seconds"] for s in run["steps"])
         timed = ", ".join(f"{s['seconds']} ({s['cpu_seconds']})" for s in run["steps"])
+        cpu_mfu = "-" if run["median_mfu_cpu_time"] is None else f"{100 * run['median_mfu_cpu_time']:.1f}%"
+        cpu_peak = f"{run['matmul_peak']['tflops_per_cpu_s']:.3f}" if "tflops_per_cpu_s" in run["matmul_peak"] else "-"
         lines.append(
             f"| {run['config']} | {run['dtype_base']} | {run['trainable_params']:,} | {run['batch_groups']} | "
             f"{run['texts_per_step']} | {tok:,.0f} | {run['median_s']} | {run['median_tokens_per_s']:,} | "
             f"{tflops:.3f} | {100 * run['median_mfu']:.1f}% | {run['median_tokens_per_cpu_s']:,} | "
-            f"{100 * run['median_mfu_cpu_time']:.1f}% | {run['matmul_peak']['tflops']:.3f}; "
-            f"{run['matmul_peak']['tflops_per_cpu_s']:.3f} | "
+            f"{cpu_mfu} | {run['matmul_peak']['tflops']:.3f}; {cpu_peak} | "
             f"{timed} |")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
@@ -203,11 +213,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--steps", type=int, default=2, help="timed steps")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the CPU is shared)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (CUDA must be present: no fallback)")
     parser.add_argument("--peak-size", type=int, default=1024, help="matmul size for the peak measurement")
     parser.add_argument("--out-dir", default=str(ROOT / "evals" / "results"))
     args = parser.parse_args(argv)
     if min(args.batch, args.steps, args.threads) < 1 or args.warmup < 0:
         parser.error("--batch, --steps and --threads must be >= 1, --warmup >= 0")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available on this machine")
+    if args.device != "cpu" and not args.device.startswith("cuda"):
+        parser.error(f"--device must be cpu or cuda[:N], got {args.device!r}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     load_before = round(os.getloadavg()[0], 1)
@@ -217,7 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.info("%s: %s s/step, %s tokens/s, MFU %.1f%%", name, run["median_s"], run["median_tokens_per_s"],
                     100 * run["median_mfu"])
         runs.append(run)
-    result = {"cpu": describe_cpu(), "platform": platform.platform(), "torch": torch.__version__,
+    device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "CPU (no GPU used)"
+    result = {"cpu": describe_cpu(), "device": device, "platform": platform.platform(), "torch": torch.__version__,
               "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "threads": args.threads,
               "command": " ".join(["python evals/bench_train.py",
                                    shlex.join(list(argv) if argv is not None else sys.argv[1:])]).strip(),
