@@ -41,7 +41,7 @@ def _assert_same_run(run: dict, ref: dict, what: str) -> None:
     for step, (x, y) in enumerate(zip(run["losses"], ref["losses"]), start=1):
         assert abs(x - y) < TOL, f"{what}: loss at step {step} {x} != {y}"
     for step, (g, h) in enumerate(zip(run["grads"], ref["grads"]), start=1):
-        # relative to the largest gradient entry (~1 here): fp32 sums in another order differ by ~1e-7 relative
+        # relative to the largest gradient entry (~2 here): fp32 sums in another order differ by up to ~5e-6 of it
         scale = max(float(v.abs().max()) for v in h.values())
         assert _max_diff(g, h) / scale < TOL, f"{what}: gradient at step {step} differs by {_max_diff(g, h)}"
     assert _max_diff(run["weights"], ref["weights"]) < TOL, what
