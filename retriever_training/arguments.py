@@ -61,7 +61,8 @@ class DataArguments:
     """What to train on and how batches are built."""
 
     train_files: list[str] = field(metadata={
-        "help": "JSONL files of groups (query, positives, negatives, instruction)."})
+        "help": "JSONL files of groups (query, positives, negatives, instruction), or .arrow files converted from "
+                "them with `bmrag-train arrow` (memory-mapped: flat memory for millions of groups)."})
     max_groups: int | None = field(default=None, metadata={"help": "Use at most this many groups per file (first N)."})
     train_group_size: int = field(default=2, metadata={
         "help": "Passages per query: 1 positive + (train_group_size - 1) hard negatives; 1 = in-batch only."})

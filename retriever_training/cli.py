@@ -1,4 +1,4 @@
-"""``bmrag-train``: pairs | prepare | pretrain | finetune | mine | synth | merge.
+"""``bmrag-train``: pairs | prepare | pretrain | finetune | mine | synth | merge | arrow.
 
 ``pretrain`` and ``finetune`` take a YAML config (``--config``) and any training argument as
 ``--name value`` after it (``bmrag-train finetune --help-args`` lists them all). The other commands
@@ -249,6 +249,14 @@ def _add_merge(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_merge)
 
 
+def _add_arrow(sub: argparse._SubParsersAction) -> None:
+    from retriever_training import arrow_data
+
+    p = sub.add_parser("arrow", help="convert JSONL groups to a memory-mapped Arrow file (train_files accepts it)")
+    arrow_data.add_arguments(p)
+    p.set_defaults(func=arrow_data.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bmrag-train", description="BMRetriever training recipe (bmrag)",
                                      allow_abbrev=False)
@@ -261,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_mine(sub)
     _add_synth(sub)
     _add_merge(sub)
+    _add_arrow(sub)
     return parser
 
 

@@ -51,7 +51,9 @@ class TrainCollator:
     Each group contributes one positive and ``group_size - 1`` negatives, drawn with a random generator
     seeded by ``(seed, epoch, index)`` so a batch is the same after resuming. A negative whose text equals
     a positive of any group in the batch is replaced by another of the group's negatives when possible;
-    otherwise it stays and ``mask`` removes it from that query's softmax.
+    otherwise it stays and ``mask`` removes it from that query's softmax. Under DDP the items are the global
+    batch (the same on every rank): choices and mask cover all of it, and each rank tokenizes its own slice
+    and returns its mask rows over the global passages.
 
     Args:
         encoder: The encoder being trained (its model, tokenizer and recipe are used).
@@ -70,6 +72,10 @@ class TrainCollator:
         self.group_size = group_size
         self.seed = seed
         self.stats = CollatorStats()
+        self.local_ids: list[str] = []  # ids (or indices) of the groups this process embedded in the last batch
+        # (rank, world size) under DDP, set by RetrieverTrainer: data-loader worker processes have no process
+        # group to ask. None: ask the default process group (one process when there is none).
+        self.shard: tuple[int, int] | None = None
 
     def choose(self, items: Sequence[tuple[int, int, Group]]) -> tuple[list[str], list[list], list[set[str]]]:
         """Pick passages: returns query texts, per-group [positive, negatives...], per-group positive keys."""
@@ -105,10 +111,34 @@ class TrainCollator:
                 if key in own and j != i * self.group_size:
                     mask[i, j] = True
         self.stats.negatives_masked += int(mask.sum())
+        rank, world = self.shard or _rank_world()
+        if world > 1:
+            # ``items`` is the *global* batch (every rank collates the same one, so negatives are chosen and
+            # masked against all of it, as one process would); this rank embeds its slice and keeps its mask
+            # rows over all global passages (loss.distributed_info_nce gathers them).
+            if len(items) % world:
+                raise ValueError(f"a global batch of {len(items)} groups does not split over {world} ranks")
+            rows = len(items) // world
+            self.local_ids = [group.id or str(index) for _, index, group in items[rank * rows:(rank + 1) * rows]]
+            queries = queries[rank * rows:(rank + 1) * rows]
+            passages = passages[rank * rows * self.group_size:(rank + 1) * rows * self.group_size]
+            any_masked = bool(mask.any())  # the same on every rank (same global batch)
+            mask = mask[rank * rows:(rank + 1) * rows]  # (B / world, B * G)
+            return {**self._tokens(queries, passages), "mask": mask if any_masked else None}
+        self.local_ids = [group.id or str(index) for _, index, group in items]
+        return {**self._tokens(queries, passages), "mask": mask if mask.any() else None}
+
+    def _tokens(self, queries: list[str], passages: list[str]) -> dict[str, object]:
         q_ids = self.queries.tokenize(queries)
         p_ids = self.passages.tokenize(passages)
         self.stats.queries_truncated += sum(len(r) >= self.queries.recipe.max_length for r in q_ids)
         self.stats.passages_truncated += sum(len(r) >= self.passages.recipe.max_length for r in p_ids)
         self.stats.batches += 1
-        return {"query": self.queries.collate(q_ids), "passage": self.passages.collate(p_ids),
-                "mask": mask if mask.any() else None}
+        return {"query": self.queries.collate(q_ids), "passage": self.passages.collate(p_ids)}
+
+
+def _rank_world() -> tuple[int, int]:
+    """(rank, world size) of the default process group; (0, 1) when not distributed."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1

@@ -13,13 +13,19 @@ sentence-transformers' default scale 20 = temperature 0.05). ``mask`` (B, B*G), 
 passages that must not count as negatives for a query (the same text as one of its positives).
 
 Across devices, :func:`gather` is the one place that all-gathers with gradients; the loss is then
-computed over the global batch on every rank and multiplied by the world size, because DDP averages
-gradients over ranks.
+computed over the global batch on every rank. It is *not* multiplied by the world size: the backward of
+``torch.distributed.nn.functional.all_gather`` already sums the gradient of every rank's (identical)
+loss into each rank's own vectors (world x the single-process gradient), and DDP's average over ranks
+divides that back, so the parameters get exactly the gradient of the single-process loss over the union
+batch (tests/test_training_dist.py). Tevatron-style code that multiplies by the world size uses a gather
+*without* gradients for the other ranks' slices; with a differentiable gather that factor doubles the
+gradient on 2 ranks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -70,20 +76,37 @@ def info_nce(q: torch.Tensor, p: torch.Tensor, temperature: float, mask: torch.T
 
 def distributed_info_nce(q: torch.Tensor, p: torch.Tensor, temperature: float,
                          mask: torch.Tensor | None = None) -> torch.Tensor:
-    """:func:`info_nce` over the batch gathered from all ranks (in-batch negatives from every device)."""
+    """:func:`info_nce` over the batch gathered from all ranks (in-batch negatives from every device).
+
+    ``mask`` is this rank's rows: either ``(B, world * B * G)``, columns over the *global* passages in rank
+    order (what :class:`~retriever_training.collator.TrainCollator` builds from the global batch, so the
+    result equals a single process over the union batch), or ``(B, B * G)`` over the local passages only
+    (placed on the rank's diagonal block; duplicates across ranks are then not masked).
+    """
     world = world_size()
     if world == 1:
         return info_nce(q, p, temperature, mask)
     global_mask = None
     if mask is not None or _any_rank(mask is not None):
-        local = mask if mask is not None else torch.zeros((q.shape[0], p.shape[0]), dtype=torch.bool, device=q.device)
-        masks = [torch.zeros_like(local) for _ in range(world)]
-        torch.distributed.all_gather(masks, local.contiguous())  # no gradient needed for a mask
-        rows, cols = local.shape
-        global_mask = torch.zeros((rows * world, cols * world), dtype=torch.bool, device=q.device)
-        for rank, block in enumerate(masks):  # each rank's duplicates sit on its own diagonal block
-            global_mask[rank * rows:(rank + 1) * rows, rank * cols:(rank + 1) * cols] = block
-    return info_nce(gather(q), gather(p), temperature, global_mask) * world
+        rows, cols = q.shape[0], p.shape[0]
+        local = torch.zeros((rows, cols * world), dtype=torch.bool, device=q.device)  # this rank's global rows
+        if mask is not None and mask.shape[1] == cols * world:  # columns already global
+            local |= mask.to(q.device)
+        elif mask is not None and mask.shape[1] == cols:  # local columns: the rank's own diagonal block
+            rank = torch.distributed.get_rank()
+            local[:, rank * cols:(rank + 1) * cols] = mask.to(q.device)
+        elif mask is not None:
+            raise ValueError(f"mask has {mask.shape[1]} columns; expected {cols} (local passages) or "
+                             f"{cols * world} (global passages)")
+        global_mask = torch.cat(_all_gather_plain(local), dim=0)  # (world * B, world * B * G)
+    return info_nce(gather(q), gather(p), temperature, global_mask)
+
+
+def _all_gather_plain(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """All-gather without gradients (masks); every rank must pass the same shape."""
+    out = [torch.zeros_like(tensor) for _ in range(world_size())]
+    torch.distributed.all_gather(out, tensor.contiguous())
+    return out
 
 
 def _any_rank(flag: bool) -> bool:
@@ -125,6 +148,7 @@ def cached_info_nce_backward(
     chunk_size: int,
     mask: torch.Tensor | None = None,
     loss_scale: float = 1.0,
+    no_sync: Callable[[], AbstractContextManager] | None = None,
 ) -> torch.Tensor:
     """Compute the InfoNCE loss of a large batch and back-propagate it chunk by chunk (GradCache).
 
@@ -141,6 +165,8 @@ def cached_info_nce_backward(
         chunk_size: Rows per forward pass.
         mask: As in :func:`info_nce`.
         loss_scale: Multiplies the loss before back-propagation (e.g. ``1 / gradient_accumulation_steps``).
+        no_sync: Under DDP, the wrapped model's ``no_sync``: every chunk's backward but the last runs inside it,
+            so gradients are all-reduced once per step instead of once per chunk (the result is the same).
 
     Returns:
         The (unscaled) loss, detached. Parameter ``.grad`` fields hold the accumulated gradients.
@@ -158,9 +184,12 @@ def cached_info_nce_backward(
         states[side] = rngs
     loss = distributed_info_nce(reps["q"], reps["p"], temperature, mask)
     (loss * loss_scale).backward()  # fills reps[side].grad: (n, D)
-    for side, inputs in (("q", query_inputs), ("p", passage_inputs)):
-        grads: Sequence[torch.Tensor] = reps[side].grad.split(chunk_size)  # chunks of (chunk, D)
-        for chunk, rng, grad in zip(_split(inputs, chunk_size), states[side], grads):
+    work = [(chunk, rng, grad) for side, inputs in (("q", query_inputs), ("p", passage_inputs))
+            for chunk, rng, grad in zip(_split(inputs, chunk_size), states[side],
+                                        reps[side].grad.split(chunk_size))]  # grads: chunks of (chunk, D)
+    for i, (chunk, rng, grad) in enumerate(work):
+        last = i == len(work) - 1
+        with nullcontext() if no_sync is None or last else no_sync():
             current = _RngState()
             rng.restore()
             vectors = embed(chunk)  # (chunk, D) with autograd

@@ -114,19 +114,42 @@ class RetrieverTrainer(Trainer):
 
     # -------------------------------------------------------------------------------------------- data
     def get_train_dataloader(self) -> torch.utils.data.DataLoader:
+        from retriever_training.arrow_data import ArrowGroupDataset, ArrowNoDuplicateBatchSampler
+
         dataset = self.train_dataset
-        if not isinstance(dataset, GroupDataset):
-            raise TypeError(f"train_dataset must be a GroupDataset, got {type(dataset).__name__}")
+        if not isinstance(dataset, (GroupDataset, ArrowGroupDataset)):
+            raise TypeError(f"train_dataset must be a GroupDataset or an ArrowGroupDataset, got "
+                            f"{type(dataset).__name__}")
+        # Batches are *global* (per-device size x world size): every rank draws the same duplicate-free batch
+        # and the collator embeds this rank's slice, so a DDP run sees exactly the batches one process would
+        # with the union batch size (ranks never overlap; tests/test_training_dist.py).
+        world = self.args.world_size
+        global_batch = self._train_batch_size * world
         if self.dedupe_batches:
-            sampler = NoDuplicateBatchSampler(dataset.groups, self._train_batch_size, seed=self.args.seed)
+            sampler = (ArrowNoDuplicateBatchSampler(dataset, global_batch, seed=self.args.seed)
+                       if isinstance(dataset, ArrowGroupDataset)
+                       else NoDuplicateBatchSampler(dataset.groups, global_batch, seed=self.args.seed))
             batches = len(sampler)
             logger.info("duplicate-free batches: %d of %d groups in %d batches (%d deferred, %d left over)",
-                        batches * self._train_batch_size, len(dataset), batches, sampler.deferred, sampler.unused)
+                        batches * global_batch, len(dataset), batches, sampler.deferred, sampler.unused)
         else:
-            sampler = RandomBatchSampler(len(dataset), self._train_batch_size, seed=self.args.seed)
+            sampler = RandomBatchSampler(len(dataset), global_batch, seed=self.args.seed)
+        if hasattr(self.data_collator, "shard"):  # tells the collator its slice, also inside data-loader workers
+            self.data_collator.shard = (self.args.process_index, world)
+        elif world > 1:
+            raise TypeError(f"under DDP the data collator must take a (rank, world) shard, as TrainCollator does; "
+                            f"got {type(self.data_collator).__name__}")
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=self.data_collator,
                                              num_workers=self.args.dataloader_num_workers)
-        return self.accelerator.prepare(loader)
+        prepared = self.accelerator.prepare(loader)
+        if world > 1:
+            # accelerate would hand rank r every world-th global batch; make its shard wrapper a passthrough
+            # (as transformers does for its rank-aware BatchRebalanceSampler): the collator slices instead.
+            shard = getattr(prepared, "batch_sampler", None)
+            if shard is None or getattr(shard, "batch_sampler", None) is not sampler:
+                raise RuntimeError(f"unexpected data loader from accelerate: {type(prepared).__name__}")
+            shard.num_processes, shard.process_index = 1, 0
+        return prepared
 
     # -------------------------------------------------------------------------------------------- loss
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
@@ -144,7 +167,7 @@ class RetrieverTrainer(Trainer):
             loss = cached_info_nce_backward(
                 lambda chunk: model(embed=chunk).reps, inputs["query"], inputs["passage"], unwrapped.temperature,
                 self.args.cache_chunk_size, mask=inputs.get("mask"),
-                loss_scale=1.0 / self.current_gradient_accumulation_steps)
+                loss_scale=1.0 / self.current_gradient_accumulation_steps, no_sync=getattr(model, "no_sync", None))
         return loss / self.current_gradient_accumulation_steps
 
     # ------------------------------------------------------------------------------------------ saving
@@ -198,13 +221,24 @@ def train(model_args, data_args, training_args) -> dict[str, Any]:
 
     started = time.time()
     set_seed(training_args.seed)  # the LoRA initialisation is random; a run must be reproducible from its seed
-    groups = []
-    per_file = {}
-    for path in data_args.train_files:
-        loaded = read_groups(path, limit=data_args.max_groups)
-        per_file[path] = len(loaded)
-        groups.extend(loaded)
-    dataset = GroupDataset(groups, min_negatives=data_args.train_group_size - 1)
+    arrow = [str(path).endswith(".arrow") for path in data_args.train_files]
+    if any(arrow) and not all(arrow):
+        raise ValueError(f"train_files mixes .arrow and JSONL files {data_args.train_files}; convert the JSONL "
+                         "ones with `bmrag-train arrow` (or pass JSONL only)")
+    if all(arrow):  # memory-mapped: flat memory however many groups (retriever_training/arrow_data.py)
+        from retriever_training.arrow_data import ArrowGroupDataset
+
+        dataset = ArrowGroupDataset(data_args.train_files, min_negatives=data_args.train_group_size - 1,
+                                    limit_per_file=data_args.max_groups)
+        per_file = dataset.per_file
+    else:
+        groups = []
+        per_file = {}
+        for path in data_args.train_files:
+            loaded = read_groups(path, limit=data_args.max_groups)
+            per_file[path] = len(loaded)
+            groups.extend(loaded)
+        dataset = GroupDataset(groups, min_negatives=data_args.train_group_size - 1)
     encoder = build_encoder(
         model_args.model_name_or_path, dtype=model_args.dtype, lora=model_args.lora, lora_r=model_args.lora_r,
         lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout, lora_targets=model_args.lora_targets,
@@ -222,7 +256,9 @@ def train(model_args, data_args, training_args) -> dict[str, Any]:
     run_info = {"train_files": per_file, "groups_used": len(dataset), "groups_dropped_short": dataset.dropped_short,
                 "train_group_size": data_args.train_group_size, "query_max_length": data_args.query_max_length,
                 "passage_max_length": data_args.passage_max_length, "temperature": training_args.temperature,
-                "batch_size": training_args.per_device_train_batch_size, "learning_rate": training_args.learning_rate,
+                "batch_size": training_args.per_device_train_batch_size, "world_size": training_args.world_size,
+                "global_batch_size": training_args.per_device_train_batch_size * training_args.world_size,
+                "learning_rate": training_args.learning_rate,
                 "init_adapter": model_args.init_adapter, "normalize": model_args.normalize,
                 "lora": _lora_record(encoder.model)}
     trainer = RetrieverTrainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator,
