@@ -120,7 +120,8 @@ def test_over_long_input_is_truncated_with_a_notice(service):
     assert f"only the first {len(text)} were used (limit {MAX_QUESTION_CHARS})" in notice
     assert truncate_question("short question") == ("short question", None)
     final = _final(service.ask(long))[-1]
-    assert final.status == "answered" and "only the first" in final.message
+    # The padded question may be answered or abstained on; either way the notice is shown with the evidence.
+    assert final.status in ("answered", "abstained") and "only the first" in final.message
     assert final.details["ui"]["truncated"] and len(final.details["question"]) <= MAX_QUESTION_CHARS
     assert final.evidence[0].source_id in STROKE
 

@@ -253,15 +253,15 @@ class QAChain:
                 ``fusion_depth`` deep) fused by reciprocal-rank fusion, the top ``candidates``
                 kept, each scored by its dense score (see :mod:`bmrag.qa.fusion`). None: the chain's default.
         """
-        return self._retrieve(question, filters, self._hybrid_flag(hybrid))[0]
+        return self._retrieve(question, filters, self._hybrid_flag(hybrid), self.candidates)[0]
 
-    def _retrieve(self, question: str, filters: MetadataFilters | None,
-                  hybrid: bool) -> tuple[list[NodeWithScore], dict[str, Any]]:
+    def _retrieve(self, question: str, filters: MetadataFilters | None, hybrid: bool,
+                  depth: int) -> tuple[list[NodeWithScore], dict[str, Any]]:
         if not hybrid:
-            retriever = self._index.as_retriever(similarity_top_k=self.retrieve_depth, filters=filters)
+            retriever = self._index.as_retriever(similarity_top_k=depth, filters=filters)
             return retriever.retrieve(question), {"mode": fusion.DENSE_LABEL}
         return fusion.hybrid_retrieve(self._index, self.store, self.embed_model, question, filters,
-                                      depth=self.fusion_depth, top_n=self.candidates)
+                                      depth=self.fusion_depth, top_n=min(depth, self.fusion_depth))
 
     def ask(self, question: str, *, year_min: int | None = None, year_max: int | None = None,
             pub_types: Sequence[str] | None = None, hybrid: bool | None = None,
@@ -297,7 +297,8 @@ class QAChain:
         elif self.answer == "generative":
             result.notes.append(f"generation skipped: {self.generator_error}")
 
-        nodes, info = self._retrieve(question, filters, hybrid)
+        # Deeper than ``candidates`` when the abstention signals were calibrated on more passages.
+        nodes, info = self._retrieve(question, filters, hybrid, self.retrieve_depth)
         result.retrieval.update(info)
         result.timings["retrieval"] = time.perf_counter() - start
         t = time.perf_counter()
