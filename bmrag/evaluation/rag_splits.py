@@ -212,7 +212,7 @@ def index_without(index_dir: str | os.PathLike[str], remove: Iterable[str], embe
     target = index_dir.with_name(f"{index_dir.name}__without-{key}")
     if target.is_dir():
         return target, -1
-    tmp = target.with_name(target.name + ".tmp")
+    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")  # per process: two runs may build it at once
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(index_dir, tmp)
     store = open_store(tmp, embed_model)
@@ -226,5 +226,10 @@ def index_without(index_dir: str | os.PathLike[str], remove: Iterable[str], embe
     if removed and deleted == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         raise ValueError(f"none of the {len(removed)} documents to remove is in {index_dir}")
-    os.replace(tmp, target)
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        if not target.is_dir():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # another run built the same copy first: use it
     return target, deleted
