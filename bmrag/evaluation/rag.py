@@ -194,16 +194,18 @@ def evaluate_rag(dataset: str, *, data: str | os.PathLike[str] | None = None, re
     index_dir = Path(index_dir).expanduser() if index_dir else default_index_dir(dataset, retriever,
                                                                                   retrieval.content_hash)
     embed_model = load_embedding(retriever, dtype=dtype)
-    store, report = build_index(retrieval.corpus, index_dir, embed_model, show_progress=show_progress)
-    passages = store.count()
-    store.close()
+    from bmrag.evaluation.rag_splits import index_lock, index_without, other_domain_questions
+
+    with index_lock(index_dir):  # one writer per index folder: concurrent runs wait, then reuse it
+        store, report = build_index(retrieval.corpus, index_dir, embed_model, show_progress=show_progress)
+        passages = store.count()
+        store.close()
     without = None
     if unanswerable:
-        from bmrag.evaluation.rag_splits import index_without, other_domain_questions
-
         others = other_domain_questions(data if data is not None else _data_root(), other_domain)
         removed = sorted({doc for q in questions for doc in (q.remove_ids or q.relevant_ids)})
-        without, deleted = index_without(index_dir, removed, embed_model)
+        with index_lock(index_dir):
+            without, deleted = index_without(index_dir, removed, embed_model)
         split_setup = (f"{len(questions)} questions against {without.name} (index copy without the "
                        f"{len(removed)} gold documents of the evaluated questions"
                        + (f", {deleted} nodes deleted" if deleted >= 0 else ", reused") +

@@ -15,13 +15,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
 import os
 import shutil
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,6 +191,25 @@ def other_domain_questions(root: str | os.PathLike[str], n: int) -> list[tuple[s
     if len(queries) < n:
         raise ValueError(f"{path}: {len(queries)} queries, fewer than the {n} other-domain questions asked for")
     return sorted(queries, key=lambda q: _h(q[0]))[:n]
+
+
+@contextlib.contextmanager
+def index_lock(index_dir: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive lock beside ``index_dir`` while it is built or copied.
+
+    Two ``eval rag`` runs writing one Chroma folder at once (or one copying it while the other writes) leave an
+    index that crashes the process that opens it; with the lock, the second run waits and then reuses the index.
+    """
+    import fcntl
+
+    path = Path(index_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def index_without(index_dir: str | os.PathLike[str], remove: Iterable[str], embed_model: Any) -> tuple[Path, int]:
