@@ -216,3 +216,210 @@ def test_local_generator_run_scores_answers_and_decisions(data_root, tmp_path):
     json.dumps(result)  # JSON-serialisable
     out, md = rag.write_rag_result(result, tmp_path / "out")
     assert out.name == "rag__pubmedqa__all-MiniLM-L6-v2__local-SmolLM2-135M-Instruct.json" and md.is_file()
+
+
+# ------------------------------------------------------------------------------------------ grounded answers
+def test_abstention_scores_count_abstentions_on_unanswerable_questions_as_hits():
+    from bmrag.evaluation.rag_metrics import abstention_scores
+
+    # 3 answerable (one wrongly abstained), 4 unanswerable (three abstained).
+    scores = abstention_scores([False, False, False, True, True, True, True],
+                               [True, False, False, True, True, False, True])
+    assert (scores["tp"], scores["fp"], scores["fn"], scores["tn"]) == (3, 1, 1, 2)
+    assert scores["abstention_precision"] == 0.75 and scores["abstention_recall"] == 0.75
+    assert scores["false_abstention_rate"] == pytest.approx(1 / 3)
+    none = abstention_scores([True, False], [False, False])  # never abstained: precision undefined
+    assert none["abstention_precision"] is None and none["abstention_recall"] == 0.0
+    with pytest.raises(ValueError, match="2 labels for 1 abstention decisions"):
+        abstention_scores([True, False], [True])
+
+
+def test_latency_summary_interpolates_percentiles():
+    from bmrag.evaluation.rag_metrics import latency_summary
+
+    lat = latency_summary([float(v) for v in range(20, 0, -1)])  # 1..20 s, unordered
+    # rank (n - 1) * q: p50 -> 9.5 -> 10.5 s, p95 -> 18.05 -> 19.05 s
+    assert lat["p50_s"] == pytest.approx(10.5) and lat["p95_s"] == pytest.approx(19.05)
+    assert lat["n"] == 20 and lat["max_s"] == 20.0 and lat["mean_s"] == pytest.approx(10.5)
+    assert latency_summary([])["p95_s"] is None
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        latency_summary([0.1, -1.0])
+
+
+def test_not_verbatim_checks_each_quote_against_the_passage_it_cites():
+    from bmrag.evaluation.rag_metrics import not_verbatim
+
+    passages = {1: "Aspirin inhibits\n COX-1. It is old.", 2: "Metformin lowers glucose."}
+    assert not_verbatim([("Aspirin inhibits COX-1.", 1), ("Metformin lowers glucose.", 2)], passages) == []
+    # in passage 2, cited as [1]; a paraphrase; a passage number that was never given
+    assert not_verbatim([("Metformin lowers glucose.", 1), ("Aspirin blocks COX-1.", 1), ("It is old.", 3)],
+                        passages) == ["Metformin lowers glucose.", "Aspirin blocks COX-1.", "It is old."]
+
+
+def test_answer_mode_defaults_to_generative_with_a_generator_and_refuses_contradictions():
+    from bmrag.evaluation.rag_grounded import resolve_answer_mode
+
+    assert resolve_answer_mode(None, "local") == "generative" and resolve_answer_mode(None, None) is None
+    assert resolve_answer_mode("extractive", None) == "extractive"
+    with pytest.raises(ValueError, match="loads no generator"):
+        resolve_answer_mode("extractive", "local")
+    with pytest.raises(ValueError, match="needs a generator"):
+        resolve_answer_mode("generative", None)
+    with pytest.raises(ValueError, match="answer mode must be one of extractive, generative"):
+        resolve_answer_mode("abstractive", None)
+
+
+def test_sentence_support_refuses_an_extractive_answer_that_is_not_verbatim():
+    from types import SimpleNamespace
+
+    from bmrag.evaluation.rag_grounded import sentence_support
+
+    evidence = [SimpleNamespace(number=1, text="Aspirin inhibits COX-1. It is old.")]
+    good = SimpleNamespace(question="q", status="answered", evidence=evidence,
+                           quotes={"sentences": [{"text": "Aspirin inhibits COX-1.", "passage": 1}]})
+    assert sentence_support(good, "extractive") == (1, 0)
+    bad = SimpleNamespace(**{**vars(good), "quotes": {"sentences": [{"text": "Aspirin cures pain.", "passage": 1}]}})
+    with pytest.raises(RuntimeError, match="not verbatim in its passage: 'Aspirin cures pain.'"):
+        sentence_support(bad, "extractive")
+    assert sentence_support(SimpleNamespace(**{**vars(good), "status": "abstained"}), "extractive") is None
+    generated = SimpleNamespace(attribution={"sentences": [{}, {}, {}]}, unsupported=["x"])
+    assert sentence_support(generated, "generative") == (3, 1)
+
+
+def test_grounding_metrics_pool_sentences_and_score_abstention_per_kind():
+    from types import SimpleNamespace
+
+    from bmrag.evaluation.rag_grounded import UnanswerableRecord, grounding_metrics
+
+    records = [SimpleNamespace(status="answered", metrics={"sentences_judged": 3, "sentences_unsupported": 1,
+                                                           "rouge_l": 0.5}, timings={"total": 1.0}),
+               SimpleNamespace(status="partially_supported", timings={"total": 3.0},
+                               metrics={"sentences_judged": 1, "sentences_unsupported": 1, "rouge_l": 0.1}),
+               SimpleNamespace(status="abstained", metrics={"rouge_l": 0.0}, timings={"total": 2.0})]
+    unanswerable = [UnanswerableRecord("a", "q", "gold_removed", "abstained", "extractive", None, [], 1, 0.9),
+                    UnanswerableRecord("b", "q", "gold_removed", "answered", "extractive", "x", [], 1, 0.1),
+                    UnanswerableRecord("c", "q", "other_domain", "abstained", "extractive", None, [], 0, 0.99)]
+    g = grounding_metrics(records, unanswerable)
+    assert g["unsupported_sentence_rate"] == 0.5 and g["sentences_judged"] == 4  # 2 of 4, not mean(1/3, 1)
+    assert g["rouge_l_answered"] == pytest.approx(0.3)  # the abstention's 0.0 is left out
+    a = g["abstention"]
+    assert (a["tp"], a["fp"], a["fn"]) == (2, 1, 1) and a["abstention_precision"] == pytest.approx(2 / 3)
+    assert a["recall_gold_removed"] == 0.5 and a["recall_other_domain"] == 1.0 and a["n_other_domain"] == 1
+    assert g["latency"]["p50_s"] == 2.0 and g["unanswerable_status_counts"] == {"abstained": 2, "answered": 1}
+    assert "abstention" not in grounding_metrics(records, None)
+
+
+MEDQUAD = [  # (uid, focus, qtype, question, answer)
+    ("1_CancerGov_QA/0000001#1", "Topic A", "information", "What is (are) Topic A ?", "Topic A is a rash."),
+    ("1_CancerGov_QA/0000001#2", "Topic A", "symptoms", "What are the symptoms of Topic A ?", "It itches."),
+    ("2_GARD_QA/0000009#1", "topic a", "information", "What is Topic A ?", "Topic A is a skin rash."),
+    ("2_GARD_QA/0000009#2", "Topic A", "treatment", "How to treat Topic A ?", "It itches."),  # repeated answer
+    ("10_MPlus_ADAM_QA/0000002#1", "Topic A", "information", "What is (are) Topic A ?", ""),  # no answer text
+]
+
+
+def _medquad_root(tmp_path, extra_topics):
+    root = tmp_path / "data"
+    (root / "medquad").mkdir(parents=True)
+    rows = list(MEDQUAD) + [(f"3_GHR_QA/{i:07d}#1", focus, "information", f"What is {focus} ?", f"{focus} is rare.")
+                            for i, focus in enumerate(extra_topics)]
+    with gzip.open(root / "medquad" / "medquad.jsonl.gz", "wt", encoding="utf-8") as handle:
+        for uid, focus, qtype, question, answer in rows:
+            handle.write(json.dumps({"uid": uid, "focus": focus, "qtype": qtype, "question": question,
+                                     "answer": answer, "source": uid.split("_")[1], "url": ""}) + "\n")
+    return root
+
+
+def _calibration_bucket(focus):  # the rule in evals/abstention_calibration.py, written out independently
+    import hashlib
+
+    return int(hashlib.sha256(focus.lower().encode()).hexdigest()[:12], 16) % 10
+
+
+def test_medquad_uses_only_topics_the_calibration_never_sees(tmp_path):
+    from bmrag.evaluation import rag_splits
+
+    topics = [f"Disease {i}" for i in range(40)]
+    root = _medquad_root(tmp_path, topics)
+    questions, split = rag_splits.load_medquad(root)
+    held = {t for t in topics + ["Topic A"] if _calibration_bucket(t) >= 7}
+    assert 0 < len(held) < 41 and {q.focus.lower() for q in questions} == {t.lower() for t in held}
+    assert all(rag_splits.medquad_topic_is_held_out(d["metadata"]["focus"]) for d in split.corpus.values())
+    assert [q.id for q in questions] == sorted(q.id for q in questions)
+    assert split.stats["answered_pairs"] == len(topics) + 3  # empty and repeated answers dropped
+
+
+def test_medquad_question_relevance_and_removal_follow_the_topic(tmp_path, monkeypatch):
+    from bmrag.evaluation import rag_splits
+
+    monkeypatch.setattr(rag_splits, "medquad_topic_is_held_out", lambda focus: True)
+    questions, split = rag_splits.load_medquad(_medquad_root(tmp_path, []))
+    assert sorted(split.corpus) == ["medquad-1-0000001-1", "medquad-1-0000001-2", "medquad-2-0000009-1"]
+    (q,) = questions  # one question per topic ("Topic A" and "topic a" are one topic)
+    assert q.remove_ids == sorted(split.corpus)  # the unanswerable variant loses every page of the topic
+    qtype = split.corpus[q.relevant_ids[0]]["metadata"]["qtype"]
+    assert all(split.corpus[d]["metadata"]["qtype"] == qtype for d in q.relevant_ids)
+    page = min(q.remove_ids, key=rag_splits._h)  # the question is asked from one page of the topic
+    assert page in q.relevant_ids and q.reference_answer == split.corpus[page]["text"]
+    assert q.question == split.corpus[page]["metadata"]["question"]
+    assert split.corpus["medquad-1-0000001-1"]["title"] == "Topic A: information"
+
+
+def test_medquad_bad_line_names_file_and_line(tmp_path):
+    from bmrag.evaluation import rag_splits
+
+    root = _medquad_root(tmp_path, [])
+    with gzip.open(root / "medquad" / "medquad.jsonl.gz", "at", encoding="utf-8") as handle:
+        handle.write('{"question": "no uid"}\n')
+    with pytest.raises(ValueError, match=r"medquad\.jsonl\.gz:6: not a MedQuAD record"):
+        rag_splits.load_medquad(root)
+    with pytest.raises(FileNotFoundError, match="MedQuAD question/answer pairs"):
+        rag_splits.load_medquad(tmp_path / "nowhere")
+
+
+def test_other_domain_questions_are_a_hash_ordered_prefix(tmp_path):
+    from bmrag.evaluation import rag_splits
+
+    (tmp_path / "scidocs").mkdir()
+    (tmp_path / "scidocs" / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": f"s{i}", "text": f"Paper {i}"}) + "\n" for i in range(10)))
+    three = rag_splits.other_domain_questions(tmp_path, 3)
+    assert three == rag_splits.other_domain_questions(tmp_path, 5)[:3]
+    assert [q[0] for q in three] == sorted((f"s{i}" for i in range(10)), key=rag_splits._h)[:3]
+    assert rag_splits.other_domain_questions(tmp_path, 0) == []
+    with pytest.raises(ValueError, match="10 queries, fewer than the 11"):
+        rag_splits.other_domain_questions(tmp_path, 11)
+
+
+def test_extractive_run_scores_grounding_and_the_unanswerable_split(data_root, tmp_path, no_network, capsys):
+    from bmrag.cli import main
+
+    (data_root / "scidocs").mkdir(exist_ok=True)
+    (data_root / "scidocs" / "queries.jsonl").write_text(
+        json.dumps({"_id": "cs1", "text": "A lock-free hash table for multicore processors"}) + "\n")
+    code = main(["eval", "rag", "--dataset", "bioasq", "--data", str(data_root), "-k", "2", "--other-domain", "1",
+                 "--index-dir", str(tmp_path / "index"), "--out", str(tmp_path / "out"), "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads((tmp_path / "out" / "rag__bioasq__all-MiniLM-L6-v2__extractive.json").read_text())
+    assert result["chain"]["answer"] == "extractive" and result["chain"]["generator"] is None
+    g = result["grounding"]
+    answered = [r for r in result["per_question"] if r["status"] == "answered"]
+    assert answered and g["unsupported_sentence_rate"] == 0.0  # verbatim quotes, checked per sentence
+    assert g["sentences_judged"] == sum(r["metrics"]["sentences_judged"] for r in answered)
+    assert all(r["metrics"]["citation_precision"] is not None for r in answered)
+    rows = g["unanswerable_per_question"]
+    assert [r["kind"] for r in rows] == ["gold_removed", "gold_removed", "other_domain"]
+    relevant = {r["id"]: set(r["relevant_ids"]) for r in result["per_question"]}
+    for row in rows[:2]:  # the copy of the index holds none of the evaluated questions' gold documents
+        assert not set(row["given_ids"]) & set().union(*relevant.values())
+    a = g["abstention"]
+    assert a["n"] == 5 and a["n_gold_removed"] == 2 and a["n_other_domain"] == 1
+    assert a["tp"] == sum(r["status"] == "abstained" for r in rows)
+    assert g["latency"]["n"] == 2 and g["latency"]["p95_s"] >= g["latency"]["p50_s"] > 0
+    assert result["environment"]["cpu"] and no_network == []
+    assert "Grounding (extractive answers" in (tmp_path / "out" / "rag__bioasq__all-MiniLM-L6-v2__extractive.md"
+                                               ).read_text()
+    # A contradiction is refused before anything runs.
+    assert main(["eval", "rag", "--dataset", "bioasq", "--data", str(data_root), "--answer", "extractive",
+                 "--generator", "local"]) == 2
+    assert "--answer extractive quotes the passages and loads no generator" in capsys.readouterr().err

@@ -138,16 +138,24 @@ def _eval_download(args: argparse.Namespace) -> int:
 def _eval_rag(args: argparse.Namespace) -> int:
     from bmrag.evaluation.rag import Judge, evaluate_rag, summary_line, write_rag_result
 
-    if args.no_generate and (args.generator or args.llm_model or args.api_base or args.max_new_tokens):
-        raise ValueError("--no-generate runs retrieval only: drop --generator/--llm-model/--api-base/--max-new-tokens")
-    options.check_generator_args(None if args.no_generate else (args.generator or "local"), args)
+    if args.no_generate and (args.generator or args.llm_model or args.api_base or args.max_new_tokens or args.answer):
+        raise ValueError("--no-generate runs retrieval only: drop --answer/--generator/--llm-model/--api-base/"
+                         "--max-new-tokens")
+    # --answer defaults to generative when a generator is asked for (--generator), extractive otherwise.
+    answer = None if args.no_generate else (args.answer or ("generative" if args.generator else "extractive"))
+    if answer == "extractive" and (args.generator or args.llm_model or args.max_new_tokens):
+        raise ValueError("--answer extractive quotes the passages and loads no generator: drop "
+                         "--generator/--llm-model/--max-new-tokens")
+    generator = (args.generator or "local") if answer == "generative" else None
+    options.check_generator_args(generator, args)
     if args.judge_api_base is None and (args.judge_model or args.judge_embedding):
         raise ValueError("--judge-model/--judge-embedding need --judge-api-base")
     judge = (Judge(api_base=args.judge_api_base, model=args.judge_model,
                    embedding_model=args.judge_embedding or "all-MiniLM-L6-v2") if args.judge_api_base else None)
     result = evaluate_rag(
         args.dataset, data=args.data, retriever=args.retriever,
-        generator=None if args.no_generate else (args.generator or "local"),
+        generator=generator, answer=answer, unanswerable=answer is not None and not args.no_unanswerable,
+        other_domain=args.other_domain, abstention_calibration=args.abstention_calibration,
         llm_model=args.llm_model, api_base=args.api_base, k=args.k, hybrid=args.hybrid, limit=args.limit,
         threads=args.threads, dtype=args.dtype, max_new_tokens=args.max_new_tokens,
         attribution=not args.no_attribution,
@@ -167,8 +175,9 @@ def _add_eval_rag(eval_sub: argparse._SubParsersAction) -> None:
         description="Builds (or reuses) a Chroma index of the dataset's corpus with --retriever, runs the real QA "
                     "chain per question and scores it (see docs/evaluation.md). LLM-judged metrics run only "
                     "against --judge-api-base; RAGAS is never allowed to reach OpenAI.")
-    rag.add_argument("--dataset", required=True, choices=["pubmedqa", "bioasq"],
-                     help="pubmedqa: PQA-L test vs the PubMedQA contexts; bioasq: Task 8B vs the bioasq-snippets pool")
+    rag.add_argument("--dataset", required=True, choices=["pubmedqa", "bioasq", "medquad"],
+                     help="pubmedqa: PQA-L test vs the PubMedQA contexts; bioasq: Task 8B vs the bioasq-snippets "
+                          "pool; medquad: MedQuAD topics held out from the abstention calibration")
     rag.add_argument("--data", default=None, help="data root (pubmedqa-retrieval/, pubmedqa/, bioasq-snippets/, "
                                                   "bioasq-qa/); default $BMRAG_DATA")
     rag.add_argument("--retriever", default=DEFAULT_RETRIEVER, help="retriever model the index is built with")
@@ -183,6 +192,14 @@ def _add_eval_rag(eval_sub: argparse._SubParsersAction) -> None:
                      help="score only the citations the generator wrote (default: the chain's word-overlap "
                           "attribution, as in bmrag ask)")
     rag.add_argument("--limit", type=int, default=None, help="only the first N questions in id order")
+    rag.add_argument("--no-unanswerable", action="store_true",
+                     help="skip the unanswerable split (by default the same questions are also asked against a copy "
+                          "of the index without their gold passages, plus --other-domain SCIDOCS queries, and "
+                          "abstention precision/recall are reported)")
+    rag.add_argument("--other-domain", type=int, default=20,
+                     help="other-domain (SCIDOCS) questions in the unanswerable split (default 20)")
+    rag.add_argument("--abstention-calibration", default=None,
+                     help="abstention calibration JSON to evaluate instead of the shipped bmrag/data/abstention.json")
     rag.add_argument("--index-dir", default=None,
                      help="Chroma index of the corpus (default ~/.cache/bmrag/rag-eval/DATASET__RETRIEVER__HASH)")
     rag.add_argument("--judge-api-base", default=None,

@@ -38,6 +38,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bmrag.evaluation.rag_data import RAG_DATASETS, RagDatasetSpec, RagQuestion, load_rag_questions
+from bmrag.evaluation.rag_grounded import (
+    ANSWERED,
+    apply_calibration,
+    ask_unanswerable,
+    grounding_metrics,
+    resolve_answer_mode,
+    sentence_support,
+)
 from bmrag.evaluation.rag_judge import Judge, openai_guard
 from bmrag.evaluation.rag_metrics import (
     CITATION_METRICS,
@@ -48,6 +56,7 @@ from bmrag.evaluation.rag_metrics import (
     id_context_scores,
     parse_decision,
 )
+from bmrag.evaluation.rag_report import result_stem, summary_line, to_markdown, write_rag_result
 from bmrag.loading import cache_dir
 from bmrag.qa.attribution import MIN_SUPPORT
 from bmrag.qa.chain import QAChain
@@ -56,7 +65,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["CITATION_METRICS", "DECISIONS", "RAG_DATASETS", "Decision", "Judge", "RagDatasetSpec", "RagQuestion",
            "citation_scores", "decision_scores", "evaluate_rag", "id_context_scores", "load_rag_questions",
-           "openai_guard", "parse_decision", "summary_line", "to_markdown", "write_rag_result"]
+           "openai_guard", "parse_decision", "result_stem", "summary_line", "to_markdown", "write_rag_result"]
 
 RAG_SCHEMA = "bmrag.rag/1"
 """Schema of ``bmrag eval rag`` results (not ``bmrag.eval.*``: the retrieval leaderboard skips them)."""
@@ -113,7 +122,9 @@ def evaluate_rag(dataset: str, *, data: str | os.PathLike[str] | None = None, re
                  max_new_tokens: int | None = None, attribution: bool = True,
                  index_dir: str | os.PathLike[str] | None = None,
                  judge: Judge | None = None, show_progress: bool = True,
-                 command: Sequence[str] | None = None) -> dict[str, Any]:
+                 command: Sequence[str] | None = None, answer: str | None = None, unanswerable: bool = False,
+                 other_domain: int = 20,
+                 abstention_calibration: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Run the QA chain over a RAG evaluation set and score it (see the module docstring).
 
     Args:
@@ -136,6 +147,13 @@ def evaluate_rag(dataset: str, *, data: str | os.PathLike[str] | None = None, re
         judge: Judge endpoint for faithfulness and answer relevancy; None: those metrics are not run.
         show_progress: tqdm progress bars.
         command: The command line, recorded in the result.
+        answer: ``"extractive"`` (quoted sentences; needs ``generator=None``) or ``"generative"``; default
+            generative with a generator, retrieval only without (see
+            :func:`bmrag.evaluation.rag_grounded.resolve_answer_mode`).
+        unanswerable: Also ask the unanswerable split (the same questions against the index without their gold
+            passages, plus ``other_domain`` SCIDOCS questions) and score abstention; needs an answer mode.
+        other_domain: Other-domain questions in the unanswerable split.
+        abstention_calibration: Abstention calibration file to evaluate instead of the shipped one.
 
     Returns:
         The result dictionary (schema :data:`RAG_SCHEMA`).
@@ -145,6 +163,7 @@ def evaluate_rag(dataset: str, *, data: str | os.PathLike[str] | None = None, re
     from tqdm.auto import tqdm
 
     from bmrag.evaluation.report import environment
+    from bmrag.hardware import describe_cpu
     from bmrag.index.build import build_index
     from bmrag.index.open import load_embedding
 
@@ -152,6 +171,9 @@ def evaluate_rag(dataset: str, *, data: str | os.PathLike[str] | None = None, re
         raise ValueError(f"generator must be 'local', 'vllm' or None (no generation), got {generator!r}")
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
+    mode = resolve_answer_mode(answer, generator)
+    if unanswerable and mode is None:
+        raise ValueError("the unanswerable split scores answers: it needs an answer mode (not retrieval only)")
     if threads is not None:
         import torch
 
@@ -172,19 +194,44 @@ def evaluate_rag(dataset: str, *, data: str | os.PathLike[str] | None = None, re
     index_dir = Path(index_dir).expanduser() if index_dir else default_index_dir(dataset, retriever,
                                                                                   retrieval.content_hash)
     embed_model = load_embedding(retriever, dtype=dtype)
-    store, report = build_index(retrieval.corpus, index_dir, embed_model, show_progress=show_progress)
-    passages = store.count()
-    store.close()
+    from bmrag.evaluation.rag_splits import index_lock, index_without, other_domain_questions
+
+    with index_lock(index_dir):  # one writer per index folder: concurrent runs wait, then reuse it
+        store, report = build_index(retrieval.corpus, index_dir, embed_model, show_progress=show_progress)
+        passages = store.count()
+        store.close()
+    without = None
+    if unanswerable:
+        others = other_domain_questions(data if data is not None else _data_root(), other_domain)
+        removed = sorted({doc for q in questions for doc in (q.remove_ids or q.relevant_ids)})
+        with index_lock(index_dir):
+            without, deleted = index_without(index_dir, removed, embed_model)
+        split_setup = (f"{len(questions)} questions against {without.name} (index copy without the "
+                       f"{len(removed)} gold documents of the evaluated questions"
+                       + (f", {deleted} nodes deleted" if deleted >= 0 else ", reused") +
+                       f"), plus {len(others)} SCIDOCS queries against the full index")
     timing["index_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     chain = QAChain.from_index(index_dir, k=k, backend=generator, llm_model=llm_model, api_base=api_base,
                                   max_new_tokens=max_new_tokens, threads=threads if generator == "local" else None,
-                                  hybrid=hybrid, min_support=MIN_SUPPORT if attribution else None, dtype=dtype)
+                                  hybrid=hybrid, min_support=MIN_SUPPORT if attribution else None, dtype=dtype,
+                                  answer=mode or "generative")  # retrieval only: no generator, no answer
+    chains = [chain]
+    if without is not None:
+        chains.append(QAChain.from_index(without, k=k, backend=generator, generator=chain.generator, hybrid=hybrid,
+                                         min_support=chain.min_support, dtype=dtype, answer=mode))
     timing["chain_load_s"] = time.perf_counter() - t
     if generator is not None and chain.generator is None:
-        chain.close()
+        for c in chains:
+            c.close()
         raise RuntimeError(f"the {generator} generator is unavailable: {chain.generator_error}")
+    try:
+        abstention_setup = apply_calibration(chains, abstention_calibration)
+    except BaseException:
+        for c in chains:
+            c.close()
+        raise
 
     judge_metrics = None
     judge_model = None
@@ -218,12 +265,15 @@ def evaluate_rag(dataset: str, *, data: str | os.PathLike[str] | None = None, re
                 pk, rk = id_context_scores(top_k, item.relevant_ids)
                 record.metrics.update({"context_precision_given": p, "context_recall_given": r,
                                        "context_precision_top_k": pk, "context_recall_top_k": rk})
-                if result.status == "answered" and result.evidence:
+                if result.status in ANSWERED and result.evidence:
                     record.metrics.update(citation_scores(record.cited_ids, given, item.relevant_ids))
                     scored = [row for row in (result.attribution or {}).get("sentences", []) if row["best"]]
                     if scored:  # lexical: no passage holds min_support of the sentence's content words
                         record.metrics["unsupported_sentences"] = sum(r["unsupported"] for r in scored) / len(scored)
-                if generator is not None and result.answer is not None and item.reference_answer:
+                support = sentence_support(result, mode) if mode is not None else None
+                if support is not None:
+                    record.metrics["sentences_judged"], record.metrics["sentences_unsupported"] = support
+                if mode is not None and result.answer is not None and item.reference_answer:
                     record.metrics["rouge_l"] = float(rouge.score(reference=item.reference_answer,
                                                                   response=result.answer).value)
                     record.metrics["string_similarity"] = float(similarity.score(
@@ -239,8 +289,16 @@ def evaluate_rag(dataset: str, *, data: str | os.PathLike[str] | None = None, re
                             record.metrics[metric.name] = None
                             record.notes.append(f"{metric.name} failed: {type(err).__name__}: {err}")
                 records.append(record)
+            unanswered = None
+            if without is not None:
+                unanswered = ask_unanswerable(chains[1], [(q.id, q.question, len(q.remove_ids or q.relevant_ids))
+                                                          for q in questions], "gold_removed",
+                                              show_progress=show_progress)
+                unanswered += ask_unanswerable(chain, [(qid, text, 0) for qid, text in others], "other_domain",
+                                               show_progress=show_progress)
         finally:
-            chain.close()
+            for c in chains:
+                c.close()
         timing["questions_s"] = time.perf_counter() - t
 
     metrics: dict[str, Any] = {}
@@ -270,6 +328,12 @@ def evaluate_rag(dataset: str, *, data: str | os.PathLike[str] | None = None, re
                    "per_question_mean_s": timing["questions_s"] / max(len(records), 1),
                    "generation_mean_s": (sum(gen_timings) / len(gen_timings)) if gen_timings else None})
     spec = RAG_DATASETS[dataset]
+    grounding = None
+    if mode is not None:
+        grounding = {"abstention_setup": abstention_setup, **grounding_metrics(records, unanswered)}
+        if unanswered is not None:
+            grounding["unanswerable_setup"] = split_setup
+            grounding["unanswerable_per_question"] = [asdict(u) for u in unanswered]
     return {
         "schema": RAG_SCHEMA,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -280,7 +344,7 @@ def evaluate_rag(dataset: str, *, data: str | os.PathLike[str] | None = None, re
         "index": {"dir": str(index_dir), "passages": passages, "added_now": report.added,
                   "retriever": embed_model.model_name},
         "chain": {"k": k, "retrieval_mode": "hybrid (BM25 + dense, RRF k=60)" if hybrid else "dense",
-                  "min_support": chain.min_support,
+                  "min_support": chain.min_support, "answer": mode,
                   "min_score": chain.min_score, "threshold_note": chain.threshold_note(hybrid),
                   "generator": chain.generator.describe() if chain.generator else None},
         "judge": ({"api_base": judge.api_base, "model": judge_model, "embedding_model": judge.embedding_model}
@@ -289,10 +353,20 @@ def evaluate_rag(dataset: str, *, data: str | os.PathLike[str] | None = None, re
         "metrics": metrics,
         "status_counts": dict(status),
         "timing": {key: (round(v, 3) if isinstance(v, float) else v) for key, v in timing.items()},
-        "environment": {**environment(), "ragas": _version("ragas")},
+        "environment": {**environment(), "ragas": _version("ragas"), "cpu": describe_cpu()},
+        "grounding": grounding,
         "command": list(command) if command else None,
         "per_question": [asdict(r) for r in records],
     }
+
+
+def _data_root() -> Path:
+    from bmrag.loading import DATA_ENV, data_root
+
+    root = data_root()
+    if root is None:
+        raise ValueError(f"no data location: pass --data (the data root) or set ${DATA_ENV}")
+    return root
 
 
 def _version(package: str) -> str | None:
@@ -302,91 +376,3 @@ def _version(package: str) -> str | None:
         return version(package)
     except PackageNotFoundError:
         return None
-
-
-# ------------------------------------------------------------------------------------------------ output
-def result_stem(result: dict[str, Any]) -> str:
-    """``rag__<dataset>__<retriever>__<generator>[__hybrid][__no-attribution]`` (``none``: no generation)."""
-    generator = result["chain"]["generator"]
-    gen = "none" if generator is None else f"{generator['backend']}-{Path(str(generator['model'])).name}"
-    tail = "__hybrid" if result["chain"]["retrieval_mode"] != "dense" else ""
-    if generator is not None and result["chain"].get("min_support", MIN_SUPPORT) is None:
-        tail += "__no-attribution"
-    return (f"rag__{result['dataset']['name']}__{_slug(Path(result['index']['retriever']).name)}__"
-            f"{_slug(gen)}{tail}")
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return "-" if value is None else str(value)
-
-
-def to_markdown(result: dict[str, Any], examples: int = 3) -> str:
-    """A short human report: setup, metrics, decision accuracy, timings, a few answers, the command."""
-    m = result["metrics"]
-    d = result["dataset"]
-    gen = result["chain"]["generator"]
-    lines = [f"# RAG evaluation: {d['name']} ({d['questions_evaluated']} of {d['questions_total']} questions)", "",
-             d["note"], "",
-             f"- retriever: `{result['index']['retriever']}`, {result['chain']['retrieval_mode']} retrieval, "
-             f"k={result['chain']['k']}, index {result['index']['passages']} passages",
-             f"- evidence threshold: {result['chain']['threshold_note']}",
-             "- citation attribution: " + ("off (the generator's own citations only)"
-                                           if result["chain"].get("min_support", MIN_SUPPORT) is None else
-                                           f"word overlap >= {result['chain'].get('min_support', MIN_SUPPORT)}"),
-             "- generator: " + ("none (retrieval only)" if gen is None else f"{gen['backend']} / {gen['model']}"),
-             f"- judge: {result['judge'] if isinstance(result['judge'], str) else result['judge']['model']}",
-             f"- selection: {d['selection']}", "", "| metric | value |", "|---|---|"]
-    for key, value in m.items():
-        if key != "decision":
-            lines.append(f"| {key} | {_fmt(value)} |")
-    if "decision" in m:
-        dec = m["decision"]
-        lines += ["", f"Decision accuracy over {dec['n']} questions with a gold yes/no(/maybe) label: "
-                      f"**{_fmt(dec['accuracy'])}** (unparseable answers count as wrong: {dec['unparseable']}); "
-                      f"over parseable answers {_fmt(dec['accuracy_parseable'])}; majority-class baseline "
-                      f"('{dec['majority_class']}') {_fmt(dec['majority_baseline'])}. Gold {dec['gold']}, "
-                      f"predicted {dec['predicted']}."]
-    t = result["timing"]
-    lines += ["", f"Status counts: {result['status_counts']}. Wall time {t['total_s']:.0f} s "
-                  f"(index {t['index_s']:.0f} s, questions {t['questions_s']:.0f} s, "
-                  f"{t['per_question_mean_s']:.2f} s per question"
-                  + (f", generation mean {t['generation_mean_s']:.2f} s" if t.get("generation_mean_s") else "") + ")."]
-    if gen is not None:
-        lines += ["", "Examples (first questions):", ""]
-        for row in result["per_question"][:examples]:
-            lines.append(f"- **{row['question']}** -> {row['answer']!r} (gold decision {row['decision_gold']}, "
-                         f"parsed {row['decision_predicted']}; given {row['given_ids']}, cited "
-                         f"{row.get('cited_ids', [])}, relevant "
-                         f"{row['relevant_ids'][:5]})")
-    if result.get("command"):
-        lines += ["", "Reproduce:", "", "```", " ".join(result["command"]), "```"]
-    return "\n".join(lines) + "\n"
-
-
-def write_rag_result(result: dict[str, Any], out: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """Write ``<stem>.json`` and ``<stem>.md`` into folder ``out`` (or next to the ``.json`` path given)."""
-    from bmrag.evaluation.report import portable, write_result
-
-    out = Path(out)
-    target = out if out.suffix == ".json" else out / f"{result_stem(result)}.json"
-    result = portable(result)  # the .md below shows the same relative paths as the JSON
-    path = write_result(result, target)
-    md = path.with_suffix(".md")
-    md.write_text(to_markdown(result), encoding="utf-8")
-    return path, md
-
-
-def summary_line(result: dict[str, Any]) -> str:
-    """One line: dataset, questions, main metrics."""
-    m = result["metrics"]
-    parts = [f"{k} {_fmt(m[k])}" for k in ("context_recall_given", "context_precision_given", "context_recall_top_k",
-                                           "citation_rate", "citation_precision", "rouge_l", "string_similarity")
-             if k in m]
-    if "decision" in m:
-        parts.append(f"decision accuracy {_fmt(m['decision']['accuracy'])} (majority "
-                     f"{_fmt(m['decision']['majority_baseline'])}, unparseable {m['decision']['unparseable']})")
-    parts.append(f"faithfulness {_fmt(m['faithfulness'])}")
-    return (f"rag {result['dataset']['name']} | {result['dataset']['questions_evaluated']} questions | "
-            + ", ".join(parts) + f" | {result['timing']['total_s']:.1f} s")

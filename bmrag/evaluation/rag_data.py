@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bmrag.evaluation import datasets as ds
+from bmrag.evaluation.rag_splits import SplitSet, load_medquad
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,14 @@ RAG_DATASETS: dict[str, RagDatasetSpec] = {
         "bioasq", "bioasq-snippets", "test", "bioasq-qa",
         "BioASQ Task 8B (500 questions) against the bioasq-snippets pool (13,449 PMIDs); reference answer = the "
         "first ideal_answer, decision = exact_answer for yes/no questions."),
+    "medquad": RagDatasetSpec(
+        "medquad", "medquad", "held-out topics", "medquad",
+        "MedQuAD held-out topics (the 30% of topics the abstention calibration never uses; see "
+        "bmrag.evaluation.rag_splits): one question per topic against every page of those topics; reference "
+        "answer = the page's NIH answer (also the gold passage), relevant = pages of the same topic and question "
+        "type; no decision."),
 }
-"""The two RAG evaluation sets (``bmrag eval rag --dataset``)."""
+"""The RAG evaluation sets (``bmrag eval rag --dataset``)."""
 
 
 @dataclass
@@ -54,6 +61,9 @@ class RagQuestion:
     reference_answer: str | None
     decision: str | None
     qtype: str | None = None
+    remove_ids: list[str] | None = None
+    """Documents left out of the index for this question's unanswerable variant (default: ``relevant_ids``;
+    MedQuAD: every page of the topic, since sibling pages answer it too)."""
 
 
 def _pubmedqa_answers(folder: Path) -> dict[str, dict[str, Any]]:
@@ -76,7 +86,7 @@ def _bioasq_answers(folder: Path) -> dict[str, dict[str, Any]]:
 
 
 def load_rag_questions(dataset: str, data: str | os.PathLike[str] | None = None
-                       ) -> tuple[list[RagQuestion], ds.RetrievalDataset]:
+                       ) -> tuple[list[RagQuestion], ds.RetrievalDataset | SplitSet]:
     """Questions (sorted by id), with relevant doc ids, reference answers and decisions, and the corpus.
 
     Args:
@@ -87,6 +97,8 @@ def load_rag_questions(dataset: str, data: str | os.PathLike[str] | None = None
     if dataset not in RAG_DATASETS:
         raise KeyError(f"unknown RAG dataset {dataset!r}; known: {', '.join(RAG_DATASETS)}")
     spec = RAG_DATASETS[dataset]
+    if dataset == "medquad":
+        return _medquad_questions(data)
     retrieval = ds.load_retrieval_dataset(spec.retrieval, data, split=spec.split)
     root = retrieval.path.parent
     questions = []
@@ -113,6 +125,17 @@ def load_rag_questions(dataset: str, data: str | os.PathLike[str] | None = None
             questions.append(RagQuestion(qid, retrieval.queries[qid], relevant, reference, decision,
                                          record.get("type")))
     return questions, retrieval
+
+
+def _medquad_questions(data: str | os.PathLike[str] | None) -> tuple[list[RagQuestion], SplitSet]:
+    from bmrag.loading import DATA_ENV, data_root
+
+    root = Path(data).expanduser() if data is not None else data_root()
+    if root is None:
+        raise ValueError(f"medquad: no data location: pass --data (the data root) or set ${DATA_ENV}")
+    questions, split = load_medquad(root)
+    return [RagQuestion(q.id, q.question, q.relevant_ids, q.reference_answer, None, q.qtype, q.remove_ids)
+            for q in questions], split
 
 
 # ------------------------------------------------------------------------------------------------ decisions

@@ -104,3 +104,67 @@ def citation_scores(cited: Sequence[str], given: Sequence[str], relevant: Sequen
         return {"citation_rate": 0.0, "citation_precision": None, "citation_precision_first_passage": None}
     return {"citation_rate": 1.0, "citation_precision": sum(doc in gold for doc in cited) / len(cited),
             "citation_precision_first_passage": float(bool(given) and given[0] in gold)}
+
+
+# ------------------------------------------------------------------------------------------------ grounding
+
+ABSTENTION_METRICS = ("abstention_precision", "abstention_recall", "false_abstention_rate")
+"""Abstention scores over answerable + unanswerable questions (see :func:`abstention_scores`)."""
+
+
+def abstention_scores(should_abstain: Sequence[bool], abstained: Sequence[bool]) -> dict[str, Any]:
+    """Abstention as a detector of unanswerable questions.
+
+    Args:
+        should_abstain: Per question, True when the index cannot answer it (its gold passages are not indexed, or
+            it is from another domain), False when its gold passages are indexed.
+        abstained: Per question, True when the answer was an abstention.
+
+    Returns:
+        ``abstention_precision`` (share of abstentions that were on unanswerable questions; None without any
+        abstention), ``abstention_recall`` (share of unanswerable questions abstained on; None without any),
+        ``false_abstention_rate`` (share of answerable questions abstained on; None without any) and the counts
+        ``tp``, ``fp``, ``fn``, ``tn``, ``n``.
+    """
+    if len(should_abstain) != len(abstained):
+        raise ValueError(f"{len(should_abstain)} labels for {len(abstained)} abstention decisions")
+    pairs = list(zip(map(bool, should_abstain), map(bool, abstained)))
+    tp = sum(1 for y, a in pairs if y and a)
+    fp = sum(1 for y, a in pairs if not y and a)
+    fn = sum(1 for y, a in pairs if y and not a)
+    tn = sum(1 for y, a in pairs if not y and not a)
+    return {"abstention_precision": tp / (tp + fp) if tp + fp else None,
+            "abstention_recall": tp / (tp + fn) if tp + fn else None,
+            "false_abstention_rate": fp / (fp + tn) if fp + tn else None,
+            "tp": tp, "fp": fp, "fn": fn, "tn": tn, "n": len(pairs)}
+
+
+def latency_summary(seconds: Sequence[float]) -> dict[str, Any]:
+    """p50 / p95 (linear interpolation between order statistics, numpy's default), mean and max, in seconds."""
+    import numpy as np
+
+    if not seconds:
+        return {"n": 0, "p50_s": None, "p95_s": None, "mean_s": None, "max_s": None}
+    values = np.asarray(seconds, dtype=np.float64)
+    if not np.isfinite(values).all() or (values < 0).any():
+        raise ValueError("latencies must be finite and >= 0")
+    return {"n": int(values.size), "p50_s": float(np.percentile(values, 50)),
+            "p95_s": float(np.percentile(values, 95)), "mean_s": float(values.mean()), "max_s": float(values.max())}
+
+
+def _squash(text: str) -> str:
+    return " ".join(text.split())
+
+
+def not_verbatim(quotes: Sequence[tuple[str, int]], passages: dict[int, str]) -> list[str]:
+    """The quoted sentences that do not occur verbatim (up to whitespace) in the passage they cite.
+
+    Args:
+        quotes: ``(sentence, passage number)`` pairs of an extractive answer.
+        passages: Passage text by number.
+
+    Returns:
+        The offending sentences (empty for a correct extractive answer: unsupported by construction = none).
+    """
+    return [sentence for sentence, number in quotes
+            if number not in passages or _squash(sentence) not in _squash(passages[number])]
