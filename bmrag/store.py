@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Union
 
 import chromadb
-from chromadb.config import Settings
 from llama_index.core.bridge.pydantic import PrivateAttr
 from llama_index.core.schema import BaseNode, MetadataMode, NodeRelationship, RelatedNodeInfo, TextNode
 from llama_index.core.vector_stores.types import VectorStoreQuery, VectorStoreQueryMode, VectorStoreQueryResult
@@ -44,6 +43,7 @@ from llama_index.vector_stores.chroma import ChromaVectorStore
 
 from bmrag import __version__, prompts
 from bmrag.encoder import BMRetrieverEncoder, Recipe
+from bmrag.index.chroma_client import index_location
 
 if TYPE_CHECKING:
     from bmrag.llama_index.embedding import BMRetrieverEmbedding
@@ -100,8 +100,10 @@ def _encoder_of(embed_model: EmbedModelLike) -> BMRetrieverEncoder:
     return encoder
 
 
-def _client(path: Path) -> Any:
-    return chromadb.PersistentClient(path=str(path), settings=Settings(anonymized_telemetry=False))
+def _client(path: Path | str) -> Any:
+    from bmrag.index.chroma_client import open_client
+
+    return open_client(path)  # PersistentClient for a directory, HttpClient for an http://HOST:PORT server
 
 
 def _space_of(collection: Any) -> str:
@@ -145,8 +147,8 @@ def read_manifest(path: str | os.PathLike[str], collection: str = DEFAULT_COLLEC
     Raises:
         FileNotFoundError: No index at ``path`` or no such collection.
     """
-    path = Path(path).expanduser()
-    if not path.is_dir():
+    path = index_location(path)
+    if isinstance(path, Path) and not path.is_dir():
         raise FileNotFoundError(f"{path}: no index directory here (build one with `bmrag index --index {path}`)")
     client = _client(path)
     try:
@@ -178,8 +180,10 @@ def open_store(path: str | os.PathLike[str], embed_model: EmbedModelLike, *, col
         FileNotFoundError: ``create=False`` and nothing to open.
     """
     expected = manifest_for(_encoder_of(embed_model))
-    path = Path(path).expanduser()
-    if create:
+    path = index_location(path)
+    if isinstance(path, str):  # a Chroma server URL: nothing to create locally
+        pass
+    elif create:
         path.mkdir(parents=True, exist_ok=True)
     elif not path.is_dir():
         raise FileNotFoundError(f"{path}: no index directory here")

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
 from bmrag.demo import SAMPLE_QUESTIONS
+from bmrag.index.chroma_client import index_location
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -112,7 +113,7 @@ class AppConfig:
     max_queue: int = 64
 
     def __post_init__(self) -> None:
-        self.index_dir = Path(self.index_dir).expanduser()
+        self.index_dir = index_location(self.index_dir)  # a directory or an http://HOST:PORT Chroma server
         if self.backend not in ("local", "vllm"):
             raise ValueError(f"backend must be 'local' or 'vllm', got {self.backend!r}")
         if self.backend == "local" and self.api_base is not None:
@@ -773,7 +774,7 @@ def add_app_arguments(parser: argparse.ArgumentParser, *, index: bool = True) ->
 
 def config_from_args(args: argparse.Namespace, index_dir: str | os.PathLike[str]) -> AppConfig:
     """An :class:`AppConfig` from :func:`add_app_arguments` options."""
-    return AppConfig(index_dir=Path(index_dir), collection=args.collection, backend=args.backend,
+    return AppConfig(index_dir=index_location(index_dir), collection=args.collection, backend=args.backend,
                      api_base=args.api_base, llm_model=args.llm_model, threads=args.threads,
                      max_new_tokens=args.max_new_tokens, rerank_model=args.rerank_model,
                      concurrency_limit=args.concurrency, top_k=getattr(args, "k", None) or 3)
@@ -790,7 +791,7 @@ def run_demo_app(args: argparse.Namespace) -> int:
     from bmrag.demo import default_index_dir, run_index
     from bmrag.store import read_manifest
 
-    index_dir = Path(args.index).expanduser() if args.index else default_index_dir()
+    index_dir = index_location(args.index) if args.index else default_index_dir()
     try:
         count = int(read_manifest(index_dir, args.collection)["count"])
     except FileNotFoundError:
