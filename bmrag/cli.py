@@ -259,7 +259,8 @@ COMMANDS.append(_add_eval)
 # ------------------------------------------------------------------------------------- index / search / demo
 def _index_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index", default=None, metavar="DIR",
-                        help="Chroma index directory (default ~/.cache/bmrag/index/demo)")
+                        help="Chroma index directory (default ~/.cache/bmrag/index/demo), or http://HOST:PORT of "
+                             "`bmrag serve-index`")
     parser.add_argument("--collection", default="bmrag", help="collection name in the index (default bmrag)")
 
 
@@ -400,7 +401,8 @@ def _add_ask(sub: argparse._SubParsersAction) -> None:
                     "or filters that match nothing).")
     parser.add_argument("question", help="the question, quoted")
     parser.add_argument("--index", default=None, metavar="DIR",
-                        help="index built by `bmrag index` (default ~/.cache/bmrag/index/demo)")
+                        help="index built by `bmrag index` (default ~/.cache/bmrag/index/demo), or http://HOST:PORT "
+                             "of `bmrag serve-index`")
     parser.add_argument("--collection", default="bmrag", help="collection name in the index (default bmrag)")
     parser.add_argument("-k", "--top-k", dest="k", type=int, default=3,
                         help="passages given to the generator as evidence (default 3)")
@@ -513,6 +515,31 @@ def _add_serve_embed(sub: argparse._SubParsersAction) -> None:
 
 
 COMMANDS.append(_add_serve_embed)
+
+
+def _run_serve_index(args: argparse.Namespace) -> int:
+    from bmrag.index.chroma_client import run_serve_index
+
+    try:
+        return run_serve_index(args.dir, host=args.host, port=args.port)
+    except RuntimeError as err:
+        print(f"bmrag serve-index: error: {err}", file=sys.stderr)
+        return 1
+
+
+def _add_serve_index(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "serve-index", help="serve an index directory with Chroma's own server (`chroma run`) for --index http://...",
+        description="Chroma's embedded client is not process-safe: while the app serves an index directory, a "
+                    "`bmrag index` into the same directory is unsafe. Serve it instead, and give every command "
+                    "--index http://HOST:PORT (index, ask, search, app): they share it through Chroma's server.")
+    parser.add_argument("dir", help="index directory (created when missing)")
+    parser.add_argument("--port", type=int, default=8100, help="TCP port (default 8100)")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: local only)")
+    parser.set_defaults(func=_run_serve_index)
+
+
+COMMANDS.append(_add_serve_index)
 
 
 def build_parser() -> argparse.ArgumentParser:

