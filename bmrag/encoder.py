@@ -319,7 +319,8 @@ class BMRetrieverEncoder:
         """
         from bmrag.embed_client import ServerEncoder
 
-        reject_unknown_kwargs(kwargs, ["served_name", "dtype", "timeout", "concurrency", "check"],
+        valid = ["served_name", "dtype", "timeout", "concurrency", "check"]
+        reject_unknown_kwargs({k: v for k, v in kwargs.items() if k not in valid}, valid,
                               "BMRetrieverEncoder.from_server()")
         return ServerEncoder.connect(api_base, model, **kwargs)
 

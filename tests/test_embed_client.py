@@ -122,7 +122,7 @@ def test_server_down_is_a_clear_error():
 
 
 def test_from_server_rejects_unknown_options_and_non_http_urls():
-    with pytest.raises(TypeError, match=r"'batch' .*valid: check, concurrency, dtype, served_name, timeout"):
+    with pytest.raises(TypeError, match=r"'batch'; valid: check, concurrency, dtype, served_name, timeout"):
         BMRetrieverEncoder.from_server("http://127.0.0.1:1/v1", "bmrag-mini", batch=3)
     with pytest.raises(ValueError, match="must be an http"):
         BMRetrieverEncoder.from_server("127.0.0.1:8000", "bmrag-mini")
