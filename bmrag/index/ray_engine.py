@@ -23,6 +23,8 @@ preserved), except in BEIR files, where a duplicate ``_id`` is a malformed recor
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import logging
 import os
@@ -272,10 +274,8 @@ def _has_gpus() -> bool:
     return float(ray.cluster_resources().get("GPU", 0)) >= 1
 
 
-def build_with_ray(corpus: str | os.PathLike[str], index: str | os.PathLike[str], embed_model: Any, *,
-                   collection: str = "bmrag", address: str | None = None, workers: int = 2, batch_size: int = 32,
-                   api_base: str | None = None, skip_bad: bool = False, show_progress: bool = True,
-                   encode_class: type = EncodeBatch, lines_per_shard: int = LINES_PER_SHARD) -> RayIndexReport:
+def build_with_ray(corpus: str | os.PathLike[str], index: str | os.PathLike[str], embed_model: Any,
+                   **options: Any) -> RayIndexReport:
     """Index ``corpus`` into ``index`` on a Ray cluster; see the module docstring.
 
     Args:
@@ -297,6 +297,27 @@ def build_with_ray(corpus: str | os.PathLike[str], index: str | os.PathLike[str]
         bmrag.readers.DataError: Malformed input (file and line named); what was written before stays.
         IndexMismatchError: The index was built with another model or recipe.
     """
+    from bmrag.readers import DataError
+
+    message = None
+    try:
+        return _build_with_ray(corpus, index, embed_model, **options)
+    except Exception as err:
+        # A reader's DataError (file and line named) arrives wrapped in Ray's task error (or raw from the driver).
+        original = getattr(err, "cause", None) if not isinstance(err, DataError) or hasattr(err, "cause") else err
+        if not isinstance(original, DataError):
+            raise
+        message = str(original)
+    # Raised here, after the except block dropped the traceback: its frames hold the dataset, whose actors
+    # (and their CPUs) Ray frees only when nothing references them any more.
+    gc.collect()
+    raise DataError(message)
+
+
+def _build_with_ray(corpus: str | os.PathLike[str], index: str | os.PathLike[str], embed_model: Any, *,
+                    collection: str = "bmrag", address: str | None = None, workers: int = 2, batch_size: int = 32,
+                    api_base: str | None = None, skip_bad: bool = False, show_progress: bool = True,
+                    encode_class: type = EncodeBatch, lines_per_shard: int = LINES_PER_SHARD) -> RayIndexReport:
     import ray
     from llama_index.core.schema import TextNode
     from tqdm.auto import tqdm
@@ -310,6 +331,7 @@ def build_with_ray(corpus: str | os.PathLike[str], index: str | os.PathLike[str]
     shards = plan_shards(corpus, lines_per_shard=lines_per_shard)
     store = open_store(index, embed_model, collection=collection)
     start = time.perf_counter()
+    stack = contextlib.ExitStack()
     try:
         stored = _stored_ids(store)
         if not ray.is_initialized():
@@ -343,7 +365,9 @@ def build_with_ray(corpus: str | os.PathLike[str], index: str | os.PathLike[str]
                                 workers=workers)
         documents: set[str] = set()
         bar = tqdm(desc="index (ray)", unit="node", disable=not show_progress)
-        for batch in dataset.iter_batches(batch_size=store._max_batch_size, batch_format="numpy"):
+        batches = iter(dataset.iter_batches(batch_size=store._max_batch_size, batch_format="numpy"))
+        stack.callback(getattr(batches, "close", lambda: None))  # on any error: stop the executor, free its actors
+        for batch in batches:
             nodes = []
             for kind, doc_id, occurrence, where, node_json, vector in zip(
                     batch["kind"], batch["doc_id"], batch["occurrence"], batch["where"], batch["node"],
@@ -372,13 +396,8 @@ def build_with_ray(corpus: str | os.PathLike[str], index: str | os.PathLike[str]
         report.documents_added = len(documents)
         report.seconds = time.perf_counter() - start
         return report
-    except Exception as err:
-        # A reader's DataError (file and line named) arrives wrapped in Ray's task error: surface it as is.
-        original = getattr(err, "cause", None)
-        if isinstance(original, DataError):
-            raise DataError(str(original)) from err
-        raise
     finally:
+        stack.close()
         store.close()
 
 
