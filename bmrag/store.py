@@ -43,7 +43,7 @@ from llama_index.vector_stores.chroma import ChromaVectorStore
 
 from bmrag import __version__, prompts
 from bmrag.encoder import BMRetrieverEncoder, Recipe
-from bmrag.index.chroma_client import index_location
+from bmrag.index.chroma_client import index_location, open_client
 
 if TYPE_CHECKING:
     from bmrag.llama_index.embedding import BMRetrieverEmbedding
@@ -101,8 +101,6 @@ def _encoder_of(embed_model: EmbedModelLike) -> BMRetrieverEncoder:
 
 
 def _client(path: Path | str) -> Any:
-    from bmrag.index.chroma_client import open_client
-
     return open_client(path)  # PersistentClient for a directory, HttpClient for an http://HOST:PORT server
 
 
