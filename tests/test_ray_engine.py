@@ -205,3 +205,18 @@ def test_a_malformed_line_is_named_and_what_was_stored_stays(tmp_path, corpus_fi
     stored = _dump(index)
     assert "broken#0" not in stored and "d30#0" not in stored and len(stored) - 1 == report.nodes_added + \
         report.skipped_stored
+
+
+def test_bmrag_index_engine_ray_command(tmp_path, corpus_file, tiny_llama_dir, ray_cluster, capsys):
+    from bmrag.cli import main
+
+    index = tmp_path / "index"
+    argv = ["index", "--engine", "ray", "--workers", "2", "--corpus", str(corpus_file), "--index", str(index),
+            "--model", str(tiny_llama_dir), "--batch-size", "8", "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "Indexed 40 documents" in out and "with 2 Ray workers" in out
+    assert main(argv) == 0
+    assert "Index up to date" in capsys.readouterr().out
+    assert main(["index", "--workers", "2", "--corpus", str(corpus_file), "--index", str(index)]) == 2
+    assert "--address/--workers/--embed-api-base apply to --engine ray only" in capsys.readouterr().err
