@@ -293,8 +293,8 @@ class ServerEncoder(BMRetrieverEncoder):
                                        f"POST /embeddings: {detail}", url=self.api_base) from err
         except TimeoutError as err:
             raise EmbeddingServerError(f"the embedding server at {self.api_base} did not answer POST /embeddings "
-                                       f"within {self.timeout:g} s: busy, or the batch is too large; raise timeout= or "
-                                       f"lower batch_size/concurrency ({len(batch)} texts, {self.concurrency} in "
+                                       f"within {self.timeout:g} s: busy, or the batch is too large; raise timeout= "
+                                       f"or lower batch_size/concurrency ({len(batch)} texts, {self.concurrency} in "
                                        "flight)", url=self.api_base) from err
         except (urllib.error.URLError, ConnectionError, OSError) as err:
             reason = getattr(err, "reason", err)
