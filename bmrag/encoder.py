@@ -153,6 +153,24 @@ class BMRetrieverEncoder:
                     " (torch.compile)" if torch_compile else "", recipe.to_dict())
         return encoder
 
+    @classmethod
+    def from_server(cls, api_base: str, model: str, **kwargs: Any) -> BMRetrieverEncoder:
+        """An encoder whose forward pass runs on a vLLM pooling server (``bmrag serve-embed MODEL``).
+
+        Formatting, tokenization (511 tokens + EOS) and normalisation stay local; token ids are sent to
+        ``{api_base}/embeddings``. See :class:`bmrag.embed_client.ServerEncoder` (``served_name``, ``dtype``,
+        ``timeout``, ``concurrency``, ``check``; unknown names raise ``TypeError``).
+
+        Raises:
+            bmrag.embed_client.EmbeddingServerError: The server is down or serves another model.
+        """
+        from bmrag.embed_client import ServerEncoder
+
+        valid = ["served_name", "dtype", "timeout", "concurrency", "check"]
+        reject_unknown_kwargs({k: v for k, v in kwargs.items() if k not in valid}, valid,
+                              "BMRetrieverEncoder.from_server()")
+        return ServerEncoder.connect(api_base, model, **kwargs)
+
     def compile(self) -> BMRetrieverEncoder:
         """Wrap the model's forward in ``torch.compile(dynamic=True)``; returns ``self``.
 

@@ -23,7 +23,7 @@ def add_index_options(parser: argparse.ArgumentParser) -> None:
     """``--index DIR`` and ``--collection NAME``."""
     parser.add_argument("--index", default=None, metavar="DIR",
                         help="index built by `bmrag index` (default: the demo index under the bmrag cache, "
-                             "~/.cache/bmrag/index/demo)")
+                             "~/.cache/bmrag/index/demo), or http://HOST:PORT of `bmrag serve-index`")
     parser.add_argument("--collection", default="bmrag", help="collection name in the index (default bmrag)")
 
 

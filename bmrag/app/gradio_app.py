@@ -20,6 +20,7 @@ from bmrag.app.config import MAX_TOP_K, AppConfig
 from bmrag.app.render import CSS, DISCLAIMER, render_evidence
 from bmrag.app.service import MAX_QUESTION_CHARS, DemoService
 from bmrag.index.background import BackgroundIndexer
+from bmrag.index.chroma_client import index_location
 from bmrag.index.open import default_index_dir, load_embedding
 from bmrag.index.sample import SAMPLE_QUESTIONS, STARTUP_DOCUMENTS, priority_order
 from bmrag.index.sources import read_documents
@@ -184,7 +185,7 @@ def run_demo_app(args: argparse.Namespace) -> int:
     """
     if args.model is None:
         offline_environment()  # a Hub model named with --model is the only reason to reach the Hub
-    index_dir = Path(args.index).expanduser() if args.index else default_index_dir()
+    index_dir = index_location(args.index) if args.index else default_index_dir()
     options.apply_threads(args)
     corpus, label = read_documents(args.corpus)
     order = priority_order(corpus) if args.corpus is None else list(corpus)

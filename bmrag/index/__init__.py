@@ -3,7 +3,9 @@
 Modules: :mod:`~bmrag.index.readers` (BEIR files), :mod:`~bmrag.index.sources` (every corpus format ``bmrag
 index`` reads, and the bundled sample), :mod:`~bmrag.index.manifest` (what a collection records),
 :mod:`~bmrag.index.store` (open or create a collection), :mod:`~bmrag.index.build` (embed and store,
-idempotently), :mod:`~bmrag.index.open` (the one way to open an index with its recorded model).
+idempotently), :mod:`~bmrag.index.open` (the one way to open an index with its recorded model),
+:mod:`~bmrag.index.background` (indexing while answering), :mod:`~bmrag.index.chroma_client` (a directory or a
+Chroma server), :mod:`~bmrag.index.ray_engine` (Ray Data corpus encoding).
 Names are imported lazily, so reading BEIR files does not import Chroma.
 """
 
@@ -26,6 +28,10 @@ _LAZY = {
     "run_index": "bmrag.index.build",
     "read_source": "bmrag.index.sources",
     "read_documents": "bmrag.index.sources",
+    "index_location": "bmrag.index.chroma_client",
+    "open_client": "bmrag.index.chroma_client",
+    "BackgroundIndexer": "bmrag.index.background",
+    "build_with_ray": "bmrag.index.ray_engine",
 }
 
 __all__ = sorted(_LAZY)

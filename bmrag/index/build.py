@@ -13,13 +13,13 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from llama_index.core.schema import BaseNode, MetadataMode, NodeRelationship, RelatedNodeInfo, TextNode
 
 from bmrag import models, prompts
 from bmrag.encoder import BMRetrieverEncoder
+from bmrag.index.chroma_client import index_location
 from bmrag.index.manifest import DEFAULT_COLLECTION, EmbedModelLike, check_manifest, encoder_of, manifest_for
 from bmrag.index.open import default_index_dir, load_embedding
 from bmrag.index.sources import SourceReport, read_documents
@@ -183,7 +183,7 @@ def run_index(*, corpus: str | None, index_dir: str | os.PathLike[str] | None, m
     ``skip_bad`` counts and reports malformed records instead of stopping at the first one.
     """
     out = out or sys.stdout
-    index_dir = Path(index_dir).expanduser() if index_dir else default_index_dir()
+    index_dir = index_location(index_dir) if index_dir else default_index_dir()
     name = model or models.DEFAULT_RETRIEVER
     source_report = SourceReport()
     documents, label = read_documents(corpus, skip_bad=skip_bad, report=source_report)

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Union
 
 import chromadb
-from chromadb.config import Settings
 
 from bmrag._version import __version__
 from bmrag.encoder import BMRetrieverEncoder
+from bmrag.index.chroma_client import index_location, open_client
 from bmrag.recipe import Recipe
 
 if TYPE_CHECKING:
@@ -67,8 +67,9 @@ def encoder_of(embed_model: EmbedModelLike) -> BMRetrieverEncoder:
     return encoder
 
 
-def chroma_client(path: Path) -> Any:
-    return chromadb.PersistentClient(path=str(path), settings=Settings(anonymized_telemetry=False))
+def chroma_client(path: Path | str) -> Any:
+    """The Chroma client for an index location: a directory, or the URL of a Chroma server."""
+    return open_client(path)
 
 
 def space_of(collection: Any) -> str:
@@ -113,8 +114,8 @@ def read_manifest(path: str | os.PathLike[str], collection: str = DEFAULT_COLLEC
     Raises:
         FileNotFoundError: No index at ``path`` or no such collection.
     """
-    path = Path(path).expanduser()
-    if not path.is_dir():
+    path = index_location(path)  # a directory, or http://HOST:PORT of a Chroma server
+    if isinstance(path, Path) and not path.is_dir():
         raise FileNotFoundError(f"{path}: no index directory here (build one with `bmrag index --index {path}`)")
     client = chroma_client(path)
     try:

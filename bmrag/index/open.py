@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bmrag.index.chroma_client import index_location
 from bmrag.index.manifest import DEFAULT_COLLECTION, read_manifest
 from bmrag.index.store import open_store
 from bmrag.loading import cache_dir
@@ -55,7 +56,7 @@ class OpenIndex:
         store: The open vector store; :meth:`close` releases it.
     """
 
-    path: Path
+    path: Path | str
     collection: str
     manifest: dict[str, Any]
     embed_model: BMRetrieverEmbedding
@@ -87,7 +88,7 @@ def open_index(path: str | os.PathLike[str] | None = None, *, collection: str = 
         FileNotFoundError: No index at ``path`` or no such collection.
         IndexMismatchError: ``model`` is not the model the index was built with.
     """
-    path = Path(path).expanduser() if path is not None else default_index_dir()
+    path = index_location(path) if path is not None else default_index_dir()
     manifest = read_manifest(path, collection)
     if model:
         embed_model = load_embedding(model, batch_size=batch_size, dtype=dtype)

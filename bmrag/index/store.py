@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
+from bmrag.index.chroma_client import index_location
 from bmrag.index.manifest import (
     DEFAULT_COLLECTION,
     MANIFEST_PREFIX,
@@ -62,8 +62,10 @@ def open_store(path: str | os.PathLike[str], embed_model: EmbedModelLike, *, col
         FileNotFoundError: ``create=False`` and nothing to open.
     """
     expected = manifest_for(encoder_of(embed_model))
-    path = Path(path).expanduser()
-    if create:
+    path = index_location(path)  # a directory, or http://HOST:PORT of a Chroma server (nothing to create here)
+    if isinstance(path, str):
+        pass
+    elif create:
         path.mkdir(parents=True, exist_ok=True)
     elif not path.is_dir():
         raise FileNotFoundError(f"{path}: no index directory here")

@@ -81,25 +81,34 @@ class BMRetrieverEmbedding(BaseEmbedding):
                                   "model's query template takes none).")
     task: str | None = Field(default=None, description="Task whose official instruction is used (bmrag.prompts).")
     embed_batch_size: int = Field(default=32, gt=0, le=2048, description="Texts per forward pass.")
+    api_base: str | None = Field(default=None, description="vLLM pooling server (`bmrag serve-embed`) that runs the "
+                                                           "model; None: in-process.")
 
     _encoder: BMRetrieverEncoder = PrivateAttr()
 
     def __init__(self, model_name: str | None = None, *, encoder: BMRetrieverEncoder | None = None,
                  instruction: str | None = None, task: str | None = None, embed_batch_size: int = 32,
-                 **kwargs: Any) -> None:
+                 api_base: str | None = None, **kwargs: Any) -> None:
         base = {"callback_manager", "num_workers", "embeddings_cache", "rate_limiter"}
         reject_unknown_kwargs({k: v for k, v in kwargs.items() if k not in {*_LOAD_OPTIONS, *base}},
-                              ["model_name", "encoder", "instruction", "task", "embed_batch_size", *_LOAD_OPTIONS,
-                               *base], "BMRetrieverEmbedding()")
+                              ["model_name", "encoder", "instruction", "task", "embed_batch_size", "api_base",
+                               *_LOAD_OPTIONS, *base], "BMRetrieverEmbedding()")
         load = {k: kwargs.pop(k) for k in _LOAD_OPTIONS if kwargs.get(k) is not None}
         kwargs = {k: v for k, v in kwargs.items() if k not in _LOAD_OPTIONS}
+        if api_base is not None:
+            # The server holds the weights: only the dtype it runs is meaningful here (recorded in manifests).
+            if encoder is not None or not model_name or set(load) - {"dtype"}:
+                raise ValueError("BMRetrieverEmbedding(api_base=...) takes model_name= (and dtype=) only: the server "
+                                 f"runs the model; got encoder={encoder is not None}, options {sorted(load)}")
+            encoder = BMRetrieverEncoder.from_server(api_base, model_name, **load)
         encoder = encoder_for(model_name, encoder, load, "BMRetrieverEmbedding")
         instruction, task = resolve_query_instruction(encoder, instruction, task, "BMRetrieverEmbedding")
         recipe = encoder.recipe
         super().__init__(model_name=encoder.source.model, revision=encoder.source.revision,
                          dtype=dtype_name(encoder.dtype), device=str(encoder.device),
                          max_length=recipe.max_length, pooling=recipe.pooling, normalize=recipe.normalize,
-                         instruction=instruction, task=task, embed_batch_size=embed_batch_size, **kwargs)
+                         instruction=instruction, task=task, embed_batch_size=embed_batch_size,
+                         api_base=getattr(encoder, "api_base", None), **kwargs)
         self._encoder = encoder
 
     @classmethod

@@ -1,0 +1,126 @@
+"""Chroma as a server: ``bmrag serve-index DIR --port P`` (``chroma run``, started for real on 127.0.0.1) and
+``--index http://HOST:PORT``. The QA chain answers questions while a separate ``bmrag index`` process adds
+documents through the same server: no error, no corruption, the new documents visible to the next question.
+
+Marked ``scale`` (a Chroma server and two processes): run by ``scripts/ci_scale.sh`` after ``make test``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from bmrag import serve
+from bmrag.index import chroma_client
+
+pytestmark = pytest.mark.scale
+
+MODEL = "all-MiniLM-L6-v2"
+TOPICS = ["aspirin platelets", "metformin diabetes", "statin cholesterol", "insulin glucose", "asthma inhaler",
+          "vitamin C scurvy", "warfarin bleeding", "malaria artemisinin", "tuberculosis isoniazid", "migraine"]
+
+
+def _docs(prefix: str, n: int) -> list[dict]:
+    return [{"_id": f"{prefix}{i:03d}", "title": f"{TOPICS[i % len(TOPICS)]} study {i}",
+             "text": f"Report {i} about {TOPICS[i % len(TOPICS)]} in adults; outcome measured at {i} weeks.",
+             "metadata": {"year": 1990 + i % 30}} for i in range(n)]
+
+
+@pytest.fixture()
+def server(tmp_path):
+    """``bmrag serve-index`` as users run it; yields the URL, then SIGTERMs the CLI (which stops Chroma)."""
+    port = serve.free_port()
+    log = (tmp_path / "serve-index.log").open("w")
+    process = subprocess.Popen([sys.executable, "-m", "bmrag.cli", "serve-index", str(tmp_path / "db"), "--port",
+                                str(port)], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        start = time.perf_counter()
+        while "Chroma is serving" not in (tmp_path / "serve-index.log").read_text():
+            assert process.poll() is None and time.perf_counter() - start < 120, \
+                (tmp_path / "serve-index.log").read_text()
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        assert process.wait(timeout=60) == 0
+        log.close()
+    with pytest.raises(ConnectionError, match=f"no Chroma server answered at {url}"):
+        chroma_client.open_client(url)
+
+
+def test_index_location_keeps_urls_and_expands_paths():
+    assert chroma_client.index_location("http://127.0.0.1:8100/") == "http://127.0.0.1:8100"
+    assert chroma_client.index_location(Path("http://localhost:9000")) == "http://localhost:9000"  # Path() made http:/
+    assert chroma_client.index_location("~/idx") == Path.home() / "idx"
+    with pytest.raises(ValueError, match="without a path"):
+        chroma_client.index_location("http://127.0.0.1:8100/api")
+
+
+def test_chain_answers_while_bmrag_index_adds_documents_through_the_server(server, tmp_path, capsys):
+    from bmrag.cli import main
+    from bmrag.qa.chain import QAChain
+
+    first, second = _docs("a", 40), _docs("b", 160)
+    second.append({"_id": "zz-new", "title": "Hydroxyurea in sickle cell anaemia",
+                   "text": "Hydroxyurea raises fetal haemoglobin and reduces painful crises in sickle cell anaemia.",
+                   "metadata": {"year": 2021}})
+    for name, docs in (("first.jsonl", first), ("second.jsonl", second)):
+        (tmp_path / name).write_text("".join(json.dumps(d) + "\n" for d in docs))
+    assert main(["index", "--corpus", str(tmp_path / "first.jsonl"), "--index", server, "--model", MODEL,
+                 "--no-progress"]) == 0
+    assert "Indexed 40 documents" in capsys.readouterr().out
+
+    chain = QAChain.from_index(server, backend="local", max_new_tokens=4, threads=1)
+    results, errors = [], []
+    writer = subprocess.Popen([sys.executable, "-m", "bmrag.cli", "index", "--corpus", str(tmp_path / "second.jsonl"),
+                               "--index", server, "--model", MODEL, "--batch-size", "8", "--no-progress"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def ask_until_done() -> None:
+        while True:
+            done = writer.poll() is not None
+            try:
+                result = chain.ask("Does metformin help type 2 diabetes?")
+                results.append((chain.store.count(), result))
+            except Exception as err:  # noqa: BLE001 (any error is the failure this test looks for)
+                errors.append(err)
+            if done:
+                return
+
+    try:
+        asker = threading.Thread(target=ask_until_done)
+        asker.start()
+        asker.join(timeout=600)
+        out = writer.communicate(timeout=60)[0]
+        assert writer.returncode == 0, out
+        assert "Indexed 161 documents" in out
+        assert not errors, errors
+        assert len(results) >= 2
+        counts = [count for count, _ in results]
+        assert counts == sorted(counts) and counts[0] >= 40 and counts[-1] == 201
+        for _, result in results:
+            assert result.status == "answered" and result.answer, result.status
+            assert result.evidence and "metformin" in result.evidence[0].text.lower()
+        after = chain.ask("What does hydroxyurea do in sickle cell anaemia?")
+        assert after.evidence[0].doc_id == "zz-new"
+    finally:
+        chain.close()
+        if writer.poll() is None:
+            writer.kill()
+
+    # No corruption: every id once, documents intact, searchable from another process through the server.
+    client = chroma_client.open_client(server)
+    got = client.get_collection("bmrag").get(include=["documents"])
+    assert sorted(got["ids"]) == sorted(f"{d['_id']}#0" for d in first + second)
+    assert all(doc for doc in got["documents"])
+    search = subprocess.run([sys.executable, "-m", "bmrag.cli", "search", "hydroxyurea sickle cell", "--index",
+                             server, "-k", "1"], capture_output=True, text=True, timeout=300)
+    assert search.returncode == 0, search.stderr
+    assert "[zz-new#0]" in search.stdout

@@ -1,0 +1,146 @@
+"""``bmrag.embed_client``: the client side of ``bmrag serve-embed`` (fast tests; real vLLM: test_vllm_embed.py).
+
+The protocol tests talk to a stand-in for vLLM's ``/v1/embeddings``, a real HTTP server on 127.0.0.1 that runs
+the tiny in-process model on the *token ids it receives* with last-token pooling and no normalisation (what
+vLLM's pooling runner does). It exists because a real vLLM server takes minutes to start here; the equivalence
+with real vLLM is asserted in ``test_vllm_embed.py`` (``scripts/ci_vllm.sh``). What the stand-in lets these tests
+check: the client sends the recipe's token ids (template, 511 + EOS), keeps input order across concurrent
+batched requests, normalises only when the recipe says so, and fails clearly when the server is down or serves
+another model.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+import torch
+
+from bmrag import serve
+from bmrag.embed_client import EmbeddingServerError, embedding_model_dir
+from bmrag.encoder import BMRetrieverEncoder
+
+
+class _PoolingStandIn(BaseHTTPRequestHandler):
+    encoder: BMRetrieverEncoder
+    name: str
+    received: list[list[int]]
+
+    def log_message(self, *args) -> None:  # keep pytest output clean
+        pass
+
+    def _send(self, code: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server API)
+        if self.path == "/v1/models":
+            self._send(200, {"data": [{"id": self.name}]})
+        else:
+            self._send(404, {"error": "not found"})
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if body["model"] != self.name:
+            self._send(404, {"error": {"message": f"The model `{body['model']}` does not exist."}})
+            return
+        rows = body["input"]
+        self.received.extend(rows)
+        with torch.inference_mode():
+            vectors = self.encoder.forward(self.encoder.collate(rows))  # last-token pooled, unnormalised
+        self._send(200, {"data": [{"index": i, "embedding": v.tolist()} for i, v in enumerate(vectors)]})
+
+
+@pytest.fixture()
+def stand_in(tiny_llama_dir):
+    encoder = BMRetrieverEncoder.from_pretrained(str(tiny_llama_dir), dtype="float32", normalize=False)
+    handler = type("Handler", (_PoolingStandIn,), {"encoder": encoder, "name": tiny_llama_dir.name, "received": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1", handler
+    server.shutdown()
+
+
+def test_client_sends_recipe_token_ids_and_keeps_order_across_concurrent_batches(stand_in, tiny_llama_dir):
+    api_base, handler = stand_in
+    local = BMRetrieverEncoder.from_pretrained(str(tiny_llama_dir), dtype="float32")
+    remote = BMRetrieverEncoder.from_server(api_base, str(tiny_llama_dir), dtype="float32", concurrency=3)
+    docs = [{"title": f"T{i}", "text": "aspirin platelet " * (1 + 7 * i)} for i in range(10)]
+    docs.append({"title": "long", "text": "glucose insulin " * 700})  # truncated to 511 tokens + EOS
+    got = remote.encode_documents(docs, batch_size=3)
+    np.testing.assert_allclose(got, local.encode_documents(docs), rtol=1e-4, atol=1e-5)
+    sent = sorted(handler.received, key=len)
+    assert sent == sorted(local.tokenize(local._format_documents(docs)), key=len)
+    assert max(map(len, sent)) == 512 and all(row[-1] == local.tokenizer.eos_token_id for row in sent)
+    queries = remote.encode_queries(["Does aspirin help?"], task="scifact")
+    np.testing.assert_allclose(queries, local.encode_queries(["Does aspirin help?"], task="scifact"), rtol=1e-4,
+                               atol=1e-5)
+    assert remote.describe()["model"] == local.describe()["model"]  # so an index built either way is reusable
+
+
+def test_cosine_recipe_is_normalised_by_the_client(stand_in, tiny_llama_dir):
+    api_base, _ = stand_in
+    (tiny_llama_dir / "bmrag_config.json").write_text(json.dumps({"recipe": {"normalize": True}}))
+    try:
+        remote = BMRetrieverEncoder.from_server(api_base, str(tiny_llama_dir), dtype="float32")
+        vectors = remote.encode_documents(["a passage about statins", "another about warfarin"])
+    finally:
+        (tiny_llama_dir / "bmrag_config.json").unlink()
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+
+
+def test_llama_index_embedding_with_api_base(stand_in, tiny_llama_dir):
+    from bmrag.llama_index.embedding import BMRetrieverEmbedding
+
+    api_base, _ = stand_in
+    emb = BMRetrieverEmbedding(model_name=str(tiny_llama_dir), api_base=api_base, dtype="float32", task="scifact")
+    local = BMRetrieverEmbedding(model_name=str(tiny_llama_dir), dtype="float32", task="scifact")
+    np.testing.assert_allclose(emb.get_text_embedding_batch(["x y z", "aspirin"]),
+                               local.get_text_embedding_batch(["x y z", "aspirin"]), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match=r"takes model_name= \(and dtype=\) only"):
+        BMRetrieverEmbedding(model_name=str(tiny_llama_dir), api_base=api_base, device="cpu")
+
+
+def test_server_serving_another_model_is_named(stand_in, tiny_llama_dir):
+    api_base, _ = stand_in
+    with pytest.raises(EmbeddingServerError, match=f"does not serve 'other-model'; it serves: {tiny_llama_dir.name}"):
+        BMRetrieverEncoder.from_server(api_base, str(tiny_llama_dir), served_name="other-model")
+
+
+def test_server_down_is_a_clear_error():
+    api_base = f"http://127.0.0.1:{serve.free_port()}/v1"
+    with pytest.raises(EmbeddingServerError, match=rf"no embedding server answered at {api_base} .*bmrag serve-embed"):
+        BMRetrieverEncoder.from_server(api_base, "SmolLM2-135M-Instruct")
+
+
+def test_from_server_rejects_unknown_options_and_non_http_urls():
+    with pytest.raises(TypeError, match=r"'batch'; valid: check, concurrency, dtype, served_name, timeout"):
+        BMRetrieverEncoder.from_server("http://127.0.0.1:1/v1", "bmrag-mini", batch=3)
+    with pytest.raises(ValueError, match="must be an http"):
+        BMRetrieverEncoder.from_server("127.0.0.1:8000", "bmrag-mini")
+
+
+def test_sentence_transformers_models_are_refused_by_serve_embed():
+    with pytest.raises(ValueError, match="sentence-transformers model .*serves last-token"):
+        embedding_model_dir("all-MiniLM-L6-v2")
+
+
+def test_embed_server_command_uses_vllm_032_pooling_flags(tmp_path, tiny_llama_dir):
+    python = tmp_path / "bin" / "python"
+    python.parent.mkdir()
+    python.write_text("")
+    spec = serve.embed_server_spec(str(tiny_llama_dir), port=8123, device="cpu", python=python, dtype="bfloat16")
+    command = spec.command
+    assert command[command.index("--runner") + 1] == "pooling" and command[command.index("--convert") + 1] == "embed"
+    assert json.loads(command[command.index("--pooler-config") + 1]) == {"pooling_type": "LAST",
+                                                                         "use_activation": False}
+    assert command.count("--dtype") == 1 and command[command.index("--dtype") + 1] == "bfloat16"
+    assert command[command.index("--max-model-len") + 1] == "512"
