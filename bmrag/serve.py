@@ -24,6 +24,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal
@@ -218,6 +219,39 @@ def stop(process: subprocess.Popen, *, grace: float = 20.0) -> int | None:
         return process.wait(timeout=grace)
 
 
+def serve_until_stopped(process: subprocess.Popen, what: str, wait_ready: Callable[[], float],
+                        ready: Callable[[float], Sequence[str]], out: IO[str]) -> int:
+    """Wait for a started server, print how to use it, and serve until Ctrl-C or SIGTERM; always stop it.
+
+    The server runs in its own process group, so only this process can forward a stop: ``kill <pid>`` of the
+    ``bmrag serve-*`` command (SIGTERM/SIGHUP) and Ctrl-C from a terminal both end here and stop the server.
+
+    Args:
+        process: The started server.
+        what: Its name in the stop message (``"vLLM"``, ``"Chroma"``).
+        wait_ready: Blocks until the server answers; returns the seconds it took.
+        ready: The lines to print once it answers, given those seconds.
+        out: Where to print.
+    """
+    def interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, interrupted) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        seconds = wait_ready()
+        for line in ready(seconds):
+            print(line, file=out)
+        print("Stop with Ctrl-C.", file=out, flush=True)
+        return int(process.wait() or 0)
+    except KeyboardInterrupt:
+        print(f"\nstopping {what} ...", file=out, flush=True)
+        return 0
+    finally:
+        stop(process)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def run_serve(model: str, *, port: int = DEFAULT_PORT, host: str = "127.0.0.1", device: Device = "auto",
               served_name: str | None = None, max_model_len: int = DEFAULT_MAX_MODEL_LEN,
               kv_cache_gib: int = DEFAULT_KV_CACHE_GIB, install: bool = False, install_only: bool = False,
@@ -237,28 +271,12 @@ def run_serve(model: str, *, port: int = DEFAULT_PORT, host: str = "127.0.0.1", 
     print(f"Starting vLLM ({spec.device}) for {model} from {spec.model_dir}", file=out)
     print("+ " + " ".join(spec.command), file=out, flush=True)
     process = start(spec)
-
-    def interrupted(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    # `kill <pid of bmrag serve-llm>` must stop vLLM too: the server runs in its own process group, so only
-    # this process can forward the stop (SIGINT from a terminal reaches the same path).
-    previous = {sig: signal.signal(sig, interrupted) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        seconds = wait_healthy(process, spec.api_base)
-        print(f"\nvLLM is serving {spec.served_name!r} at {spec.api_base} (healthy after {seconds:.0f} s, "
-              f"pid {process.pid}).", file=out)
-        print(f"Ask with: bmrag ask \"your question\" --backend vllm --api-base {spec.api_base} "
-              f"--llm-model {spec.served_name}", file=out)
-        print("Stop with Ctrl-C.", file=out, flush=True)
-        return int(process.wait() or 0)
-    except KeyboardInterrupt:
-        print("\nstopping vLLM ...", file=out, flush=True)
-        return 0
-    finally:
-        stop(process)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return serve_until_stopped(
+        process, "vLLM", lambda: wait_healthy(process, spec.api_base),
+        lambda seconds: [f"\nvLLM is serving {spec.served_name!r} at {spec.api_base} (healthy after {seconds:.0f} s, "
+                         f"pid {process.pid}).",
+                         f"Ask with: bmrag ask \"your question\" --backend vllm --api-base {spec.api_base} "
+                         f"--llm-model {spec.served_name}"], out)
 
 
 # ------------------------------------------------------------------------------------------ serve-embed
@@ -314,27 +332,12 @@ def run_serve_embed(model: str, *, port: int = DEFAULT_PORT, host: str = "127.0.
     print(f"Starting vLLM pooling runner ({spec.device}) for {model} from {spec.model_dir}", file=out)
     print("+ " + " ".join(spec.command), file=out, flush=True)
     process = start(spec)
-
-    def interrupted(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    # As serve-llm: the server has its own process group, so a SIGTERM to this process must be forwarded.
-    previous = {sig: signal.signal(sig, interrupted) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        seconds = wait_healthy(process, spec.api_base, timeout=healthy_timeout)
-        print(f"\nvLLM is serving embeddings of {spec.served_name!r} at {spec.api_base} (healthy after "
-              f"{seconds:.0f} s, pid {process.pid}).", file=out)
-        print(f"Use with: BMRetrieverEncoder.from_server({spec.api_base!r}, {model!r}) or "
-              f"BMRetrieverEmbedding(model_name={model!r}, api_base={spec.api_base!r})", file=out)
-        print("Stop with Ctrl-C.", file=out, flush=True)
-        return int(process.wait() or 0)
-    except KeyboardInterrupt:
-        print("\nstopping vLLM ...", file=out, flush=True)
-        return 0
-    finally:
-        stop(process)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return serve_until_stopped(
+        process, "vLLM", lambda: wait_healthy(process, spec.api_base, timeout=healthy_timeout),
+        lambda seconds: [f"\nvLLM is serving embeddings of {spec.served_name!r} at {spec.api_base} (healthy after "
+                         f"{seconds:.0f} s, pid {process.pid}).",
+                         f"Use with: BMRetrieverEncoder.from_server({spec.api_base!r}, {model!r}) or "
+                         f"BMRetrieverEmbedding(model_name={model!r}, api_base={spec.api_base!r})"], out)
 
 
 # ------------------------------------------------------------------------------------------- serve-index
@@ -382,29 +385,14 @@ def wait_chroma_healthy(process: subprocess.Popen, url: str, *, timeout: float =
 def run_serve_index(path: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int = CHROMA_PORT,
                     out: IO[str] | None = None) -> int:
     """``bmrag serve-index``: serve an index directory with Chroma's own server until stopped."""
-    import signal
-
     out = out or sys.stdout
     if is_url(path):
         raise ValueError(f"serve-index takes an index directory, got the URL {os.fspath(path)!r}")
     url = f"http://{host}:{port}"
     process = start_chroma(path, host=host, port=port)
-
-    def interrupted(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    previous = {sig: signal.signal(sig, interrupted) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        seconds = wait_chroma_healthy(process, url)
-        print(f"Chroma is serving {Path(path).expanduser()} at {url} (up after {seconds:.1f} s, pid {process.pid}).",
-              file=out)
-        print(f"Use it with --index {url} (bmrag index, ask, search, app); several processes may share it.", file=out)
-        print("Stop with Ctrl-C.", file=out, flush=True)
-        return int(process.wait() or 0)
-    except KeyboardInterrupt:
-        print("\nstopping Chroma ...", file=out, flush=True)
-        return 0
-    finally:
-        stop(process)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return serve_until_stopped(
+        process, "Chroma", lambda: wait_chroma_healthy(process, url),
+        lambda seconds: [f"Chroma is serving {Path(path).expanduser()} at {url} (up after {seconds:.1f} s, "
+                         f"pid {process.pid}).",
+                         f"Use it with --index {url} (bmrag index, ask, search, app); several processes may share "
+                         "it."], out)
