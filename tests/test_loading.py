@@ -60,11 +60,11 @@ def test_no_machine_path_in_the_repository():
 
 
 def test_portable_makes_this_machines_paths_relative(monkeypatch, tmp_path):
-    work = tmp_path / "work" / "repo"
+    work = tmp_path / "checkouts" / "repo"
     work.mkdir(parents=True)
     monkeypatch.chdir(work)
-    record = {"path": str(tmp_path / "work" / "shared" / "data" / "scifact"), "python": f"{work}/.venv/bin/python",
-              "index": f"{Path.home()}/.cache/bmrag/index/demo", "nested": [f"--data={tmp_path}/work/shared/data"]}
+    record = {"path": str(tmp_path / "checkouts" / "shared" / "data" / "scifact"), "python": f"{work}/.venv/bin/python",
+              "index": f"{Path.home()}/.cache/bmrag/index/demo", "nested": [f"--data={tmp_path}/checkouts/shared/data"]}
     out = portable(record)
     assert out == {"path": "../shared/data/scifact", "python": ".venv/bin/python",
                    "index": "~/.cache/bmrag/index/demo", "nested": ["--data=../shared/data"]}
