@@ -63,8 +63,9 @@ def test_portable_makes_this_machines_paths_relative(monkeypatch, tmp_path):
     work = tmp_path / "checkouts" / "repo"
     work.mkdir(parents=True)
     monkeypatch.chdir(work)
-    record = {"path": str(tmp_path / "checkouts" / "shared" / "data" / "scifact"), "python": f"{work}/.venv/bin/python",
-              "index": f"{Path.home()}/.cache/bmrag/index/demo", "nested": [f"--data={tmp_path}/checkouts/shared/data"]}
+    shared = tmp_path / "checkouts" / "shared" / "data"
+    record = {"path": str(shared / "scifact"), "python": f"{work}/.venv/bin/python",
+              "index": f"{Path.home()}/.cache/bmrag/index/demo", "nested": [f"--data={shared}"]}
     out = portable(record)
     assert out == {"path": "../shared/data/scifact", "python": ".venv/bin/python",
                    "index": "~/.cache/bmrag/index/demo", "nested": ["--data=../shared/data"]}
