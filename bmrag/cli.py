@@ -30,12 +30,13 @@ def _run_index(args: argparse.Namespace) -> int:
 
         return run_ray_index(corpus=args.corpus, index_dir=args.index, model=args.model, collection=args.collection,
                              batch_size=args.batch_size, address=args.address, workers=args.workers or 2,
-                             api_base=args.embed_api_base, show_progress=not args.no_progress, skip_bad=args.skip_bad)
-    if args.address or args.workers is not None or args.embed_api_base:
-        raise ValueError("--address/--workers/--embed-api-base apply to --engine ray only")
+                             api_base=args.embed_api_base, dtype=args.dtype, show_progress=not args.no_progress,
+                             skip_bad=args.skip_bad)
+    if args.address or args.workers is not None:
+        raise ValueError("--address/--workers apply to --engine ray only")
     return run_index(corpus=args.corpus, index_dir=args.index, model=args.model, collection=args.collection,
                      batch_size=args.batch_size, show_progress=not args.no_progress, skip_bad=args.skip_bad,
-                     dtype=args.dtype)
+                     dtype=args.dtype, api_base=args.embed_api_base)
 
 
 def _add_index(sub: argparse._SubParsersAction) -> None:
@@ -45,7 +46,7 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
     parser.add_argument("--dtype", default=None, choices=DTYPE_NAMES,
                         help="retriever weights dtype (default: bfloat16 on GPUs and CPUs with AMX/AVX512-BF16, "
-                             "else float32)")
+                             "else float32); with --embed-api-base, the dtype the server runs (recorded)")
     parser.add_argument("--skip-bad", action="store_true",
                         help="skip malformed records (counted and reported with file:line) instead of stopping")
     parser.add_argument("--engine", choices=["local", "ray"], default="local",
@@ -56,7 +57,8 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=int, default=None,
                         help="ray: encoding actors (default 2; one GPU each when the cluster has GPUs)")
     parser.add_argument("--embed-api-base", default=None,
-                        help="ray: encode on this vLLM pooling server (`bmrag serve-embed MODEL`) instead")
+                        help="encode on this vLLM pooling server (`bmrag serve-embed MODEL`, e.g. "
+                             "http://127.0.0.1:8200/v1) instead of in-process (either engine)")
     parser.set_defaults(func=_run_index)
 
 

@@ -56,8 +56,11 @@ DEFAULT_CONCURRENCY = 4
 DEFAULT_BATCH_SIZE = 32
 
 
-class EmbeddingServerError(RuntimeError):
+class EmbeddingServerError(ConnectionError):
     """The embedding server cannot be used: down, answering an error, or serving another model.
+
+    A ``ConnectionError`` (an ``OSError``), as for an unreachable Chroma server: commands report it as a one-line
+    error with exit status 2.
 
     Attributes:
         url: The endpoint that failed.

@@ -22,14 +22,28 @@ from bmrag.index import chroma_client
 pytestmark = pytest.mark.scale
 
 MODEL = "all-MiniLM-L6-v2"
-TOPICS = ["aspirin platelets", "metformin diabetes", "statin cholesterol", "insulin glucose", "asthma inhaler",
-          "vitamin C scurvy", "warfarin bleeding", "malaria artemisinin", "tuberculosis isoniazid", "migraine"]
+QUESTION = "What are the treatments for glaucoma?"
+NEW_QUESTION = "What does hydroxyurea do in sickle cell anaemia?"
 
 
-def _docs(prefix: str, n: int) -> list[dict]:
-    return [{"_id": f"{prefix}{i:03d}", "title": f"{TOPICS[i % len(TOPICS)]} study {i}",
-             "text": f"Report {i} about {TOPICS[i % len(TOPICS)]} in adults; outcome measured at {i} weeks.",
-             "metadata": {"year": 1990 + i % 30}} for i in range(n)]
+def _docs() -> tuple[list[dict], list[dict]]:
+    """200 documents of the bundled corpus in the demo's indexing order (the first 40 hold its glaucoma pages),
+    split 40 / 160, and one new document no other one resembles, added last by the concurrent writer.
+
+    Real documents, not generated near-copies: 200 near-identical synthetic reports ("Report i about X ...")
+    made Chroma's HNSW search (ef_search 100) miss the one distinct document in 10 of 10 builds, served or
+    embedded, concurrent or not (``evals/bench_hnsw.py``): a recall limit of the index on that data, which this
+    test is not about.
+    """
+    from bmrag.index.readers import load_corpus
+    from bmrag.index.sample import DEMO_CORPUS, priority_order
+
+    corpus = load_corpus(DEMO_CORPUS)
+    docs = [{"_id": doc_id, **corpus[doc_id]} for doc_id in priority_order(corpus)[:200]]
+    new = {"_id": "zz-new", "title": "Hydroxyurea in sickle cell anaemia",
+           "text": "Hydroxyurea raises fetal haemoglobin and reduces painful crises in sickle cell anaemia.",
+           "metadata": {"year": 2021}}
+    return docs[:40], docs[40:] + [new]
 
 
 @pytest.fixture()
@@ -65,12 +79,11 @@ def test_index_location_keeps_urls_and_expands_paths():
 
 def test_chain_answers_while_bmrag_index_adds_documents_through_the_server(server, tmp_path, capsys):
     from bmrag.cli import main
+    from bmrag.index.build import corpus_to_nodes
+    from bmrag.index.manifest import encoder_of
     from bmrag.qa.chain import QAChain
 
-    first, second = _docs("a", 40), _docs("b", 160)
-    second.append({"_id": "zz-new", "title": "Hydroxyurea in sickle cell anaemia",
-                   "text": "Hydroxyurea raises fetal haemoglobin and reduces painful crises in sickle cell anaemia.",
-                   "metadata": {"year": 2021}})
+    first, second = _docs()
     for name, docs in (("first.jsonl", first), ("second.jsonl", second)):
         (tmp_path / name).write_text("".join(json.dumps(d) + "\n" for d in docs))
     assert main(["index", "--corpus", str(tmp_path / "first.jsonl"), "--index", server, "--model", MODEL,
@@ -87,7 +100,7 @@ def test_chain_answers_while_bmrag_index_adds_documents_through_the_server(serve
         while True:
             done = writer.poll() is not None
             try:
-                result = chain.ask("Does metformin help type 2 diabetes?")
+                result = chain.ask(QUESTION)
                 results.append((chain.store.count(), result))
             except Exception as err:  # noqa: BLE001 (any error is the failure this test looks for)
                 errors.append(err)
@@ -103,26 +116,20 @@ def test_chain_answers_while_bmrag_index_adds_documents_through_the_server(serve
         assert "Indexed 161 documents" in out
         assert not errors, errors
         assert len(results) >= 2
+        # Long pages are split into several passages: the ids the same documents chunk into with this model.
+        everything = {d["_id"]: d for d in first + second}
+        expected = sorted(n.node_id for n in corpus_to_nodes(everything, encoder_of(chain.embed_model)))
         counts = [count for count, _ in results]
-        assert counts == sorted(counts) and counts[0] >= 40 and counts[-1] == 201
+        assert counts == sorted(counts) and counts[0] >= 40 and counts[-1] == len(expected) > 201
         for _, result in results:
             assert result.status == "answered" and result.answer, result.status
-            assert result.evidence and "metformin" in result.evidence[0].text.lower()
-        # Chroma's server indexes writes asynchronously: a document is searchable shortly after the writer
-        # returns. The next questions see it within seconds (measured and bounded here).
-        waited, start = [], time.perf_counter()
-        while True:
-            after = chain.ask("What does hydroxyurea do in sickle cell anaemia?")
-            waited.append(round(time.perf_counter() - start, 2))
-            if after.evidence[0].doc_id == "zz-new" or time.perf_counter() - start > 30:
-                break
-            time.sleep(0.5)
-        print(f"\nnew document found after {len(waited)} question(s), {waited[-1]} s")
-        assert chain.store.client.get(ids=["zz-new#0"])["ids"] == ["zz-new#0"]  # stored and readable by id
-        if after.evidence[0].doc_id != "zz-new":
-            # Measured: in 3 of 7 runs the dense query of the long-lived chain did not return the new document
-            # within 30 s although it was stored (count 201, readable by id); cause not found yet (issue 14 note).
-            pytest.xfail(f"new document stored but not returned by the dense query within 30 s ({waited})")
+            assert result.evidence and "glaucoma" in result.evidence[0].title.lower()
+        # The next question sees the writer's last document (Chroma's server applies a write before answering).
+        after = chain.ask(NEW_QUESTION)
+        assert after.evidence[0].doc_id == "zz-new", [e.doc_id for e in after.evidence]
+        # Hybrid too: the chain's BM25 index is rebuilt when the collection's count has changed.
+        hybrid = chain.ask(NEW_QUESTION, hybrid=True)
+        assert hybrid.evidence[0].doc_id == "zz-new" and hybrid.evidence[0].bm25_rank == 1
     finally:
         chain.close()
         if writer.poll() is None:
@@ -131,7 +138,7 @@ def test_chain_answers_while_bmrag_index_adds_documents_through_the_server(serve
     # No corruption: every id once, documents intact, searchable from another process through the server.
     client = chroma_client.open_client(server)
     got = client.get_collection("bmrag").get(include=["documents"])
-    assert sorted(got["ids"]) == sorted(f"{d['_id']}#0" for d in first + second)
+    assert sorted(got["ids"]) == expected
     assert all(doc for doc in got["documents"])
     search = subprocess.run([sys.executable, "-m", "bmrag.cli", "search", "hydroxyurea sickle cell", "--index",
                              server, "-k", "1"], capture_output=True, text=True, timeout=300)

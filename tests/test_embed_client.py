@@ -144,3 +144,42 @@ def test_embed_server_command_uses_vllm_032_pooling_flags(tmp_path, tiny_llama_d
                                                                          "use_activation": False}
     assert command.count("--dtype") == 1 and command[command.index("--dtype") + 1] == "bfloat16"
     assert command[command.index("--max-model-len") + 1] == "512"
+
+
+def test_bmrag_index_with_embed_api_base_builds_the_in_process_index(stand_in, tiny_llama_dir, tmp_path, capsys):
+    import chromadb
+
+    from bmrag.cli import main
+
+    api_base, handler = stand_in
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": f"d{i}", "title": f"T{i}", "text": "statin warfarin " * (2 + i)})
+                              + "\n" for i in range(6)))
+    common = ["index", "--corpus", str(corpus), "--model", str(tiny_llama_dir), "--dtype", "float32",
+              "--batch-size", "4", "--no-progress"]
+    assert main([*common, "--index", str(tmp_path / "local")]) == 0
+    assert main([*common, "--index", str(tmp_path / "served"), "--embed-api-base", api_base]) == 0
+    out = capsys.readouterr().out
+    assert f"encoding on {api_base}" in out and len(handler.received) == 6
+
+    def dump(path):
+        client = chromadb.PersistentClient(path=str(path))
+        col = client.get_collection("bmrag")
+        got = col.get(include=["embeddings", "documents"])
+        metadata = dict(col.metadata)
+        client.close()
+        return metadata, dict(zip(got["ids"], got["documents"])), dict(zip(got["ids"], got["embeddings"]))
+
+    local, served = dump(tmp_path / "local"), dump(tmp_path / "served")
+    # Same manifest (model, recipe, dtype, dim), except that it records how the vectors were made; same passages.
+    assert (local[0].pop("bmrag_kind"), served[0].pop("bmrag_kind")) == ("hf", "vllm-server")
+    assert served[0] == local[0] and served[1] == local[1]
+    for node_id, vector in local[2].items():
+        np.testing.assert_allclose(served[2][node_id], vector, rtol=1e-4, atol=1e-5)
+
+    # The server gone: a clear error, exit code 2, and what the index holds is untouched.
+    down = f"http://127.0.0.1:{serve.free_port()}/v1"
+    corpus.write_text(corpus.read_text() + json.dumps({"_id": "d9", "text": "new"}) + "\n")
+    assert main([*common, "--index", str(tmp_path / "served"), "--embed-api-base", down]) == 2
+    assert f"no embedding server answered at {down}" in capsys.readouterr().err
+    assert dump(tmp_path / "served")[1] == local[1]

@@ -222,4 +222,4 @@ def test_bmrag_index_engine_ray_command(tmp_path, corpus_file, tiny_llama_dir, r
     assert main(argv) == 0
     assert "Index up to date" in capsys.readouterr().out
     assert main(["index", "--workers", "2", "--corpus", str(corpus_file), "--index", str(index)]) == 2
-    assert "--address/--workers/--embed-api-base apply to --engine ray only" in capsys.readouterr().err
+    assert "--address/--workers apply to --engine ray only" in capsys.readouterr().err

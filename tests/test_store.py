@@ -19,7 +19,7 @@ from bmrag.encoder import BMRetrieverEncoder
 from bmrag.index.build import corpus_to_nodes, index_nodes
 from bmrag.index.manifest import MANIFEST_PREFIX, IndexMismatchError, manifest_for, read_manifest
 from bmrag.index.sources import read_documents
-from bmrag.index.store import open_store
+from bmrag.index.store import HNSW_EF_SEARCH, open_store
 from bmrag.llama_index import BMRetrieverEmbedding
 
 
@@ -64,6 +64,8 @@ def test_reopened_index_ranks_the_source_document_first(built, minilm, sample):
     store = open_store(path, minilm, create=False)
     try:
         assert store.count() == len(nodes)
+        # Created with bmrag's HNSW search width (evals/bench_hnsw.py), which Chroma keeps across reopening.
+        assert store._collection.configuration["hnsw"]["ef_search"] == HNSW_EF_SEARCH == 200
         retriever = VectorStoreIndex.from_vector_store(store, embed_model=minilm).as_retriever(similarity_top_k=3)
         for doc_id in (list(sample)[3], list(sample)[13], list(sample)[23]):  # one per source
             hits = retriever.retrieve(_longest_sentence(sample[doc_id]["text"]))

@@ -177,10 +177,12 @@ def report_line(report: IndexReport, documents: int, stored: int) -> str:
 
 def run_index(*, corpus: str | None, index_dir: str | os.PathLike[str] | None, model: str | None,
               collection: str = DEFAULT_COLLECTION, batch_size: int = 32, show_progress: bool = True,
-              skip_bad: bool = False, dtype: str | None = None, out: IO[str] | None = None) -> int:
+              skip_bad: bool = False, dtype: str | None = None, api_base: str | None = None,
+              out: IO[str] | None = None) -> int:
     """``bmrag index``: embed a corpus into a persistent Chroma index (idempotent).
 
-    ``skip_bad`` counts and reports malformed records instead of stopping at the first one.
+    ``skip_bad`` counts and reports malformed records instead of stopping at the first one; ``api_base`` runs the
+    forward passes on a vLLM pooling server (``bmrag serve-embed``) instead of in this process.
     """
     out = out or sys.stdout
     index_dir = index_location(index_dir) if index_dir else default_index_dir()
@@ -189,8 +191,9 @@ def run_index(*, corpus: str | None, index_dir: str | os.PathLike[str] | None, m
     documents, label = read_documents(corpus, skip_bad=skip_bad, report=source_report)
     print(models.model_note(name, "option" if model else "default"), file=out)
     print(f"Corpus: {label} ({len(documents)} documents)", file=out)
-    print(f"Index: {index_dir} (collection {collection!r})", file=out, flush=True)
-    embed_model = load_embedding(name, batch_size=batch_size, dtype=dtype)
+    print(f"Index: {index_dir} (collection {collection!r})" + (f"; encoding on {api_base}" if api_base else ""),
+          file=out, flush=True)
+    embed_model = load_embedding(name, batch_size=batch_size, dtype=dtype, api_base=api_base)
     store, report = build_index(documents, index_dir, embed_model, collection=collection,
                                 show_progress=show_progress)
     try:

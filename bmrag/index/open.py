@@ -31,10 +31,20 @@ def default_index_dir() -> Path:
 
 
 def load_embedding(model: str, *, batch_size: int = 32, recipe: dict[str, Any] | None = None,
-                   revision: str | None = None, dtype: str | None = None) -> BMRetrieverEmbedding:
-    """Load ``model`` as a :class:`BMRetrieverEmbedding`; ``recipe`` (from a manifest) pins the recipe fields."""
+                   revision: str | None = None, dtype: str | None = None,
+                   api_base: str | None = None) -> BMRetrieverEmbedding:
+    """Load ``model`` as a :class:`BMRetrieverEmbedding`; ``recipe`` (from a manifest) pins the recipe fields.
+
+    With ``api_base`` the forward passes run on that vLLM pooling server (``bmrag serve-embed``), which must serve
+    ``model``; ``dtype`` then declares the dtype the server was started with (recorded in the manifest).
+    """
     from bmrag.llama_index.embedding import BMRetrieverEmbedding
 
+    if api_base is not None:
+        if recipe is not None or revision is not None:
+            raise ValueError("an embedding server serves its own weights and recipe: recipe= and revision= do not "
+                             "apply with api_base=")
+        return BMRetrieverEmbedding(model_name=model, api_base=api_base, embed_batch_size=batch_size, dtype=dtype)
     if recipe is None:
         return BMRetrieverEmbedding(model_name=model, revision=revision, embed_batch_size=batch_size, dtype=dtype)
     from bmrag.encoder import BMRetrieverEncoder

@@ -275,14 +275,13 @@ def _build_with_ray(corpus: str | os.PathLike[str], index: str | os.PathLike[str
 
 def run_ray_index(*, corpus: str | None, index_dir: str | os.PathLike[str] | None, model: str | None,
                   collection: str = "bmrag", batch_size: int = 32, address: str | None = None, workers: int = 2,
-                  api_base: str | None = None, show_progress: bool = True, skip_bad: bool = False,
-                  out: IO[str] | None = None) -> int:
+                  api_base: str | None = None, dtype: str | None = None, show_progress: bool = True,
+                  skip_bad: bool = False, out: IO[str] | None = None) -> int:
     """``bmrag index --engine ray``: :func:`build_with_ray` with the CLI's defaults and report lines."""
     from bmrag import models
     from bmrag.index.chroma_client import index_location
     from bmrag.index.open import default_index_dir, load_embedding
     from bmrag.index.sources import DEMO_CORPUS
-    from bmrag.llama_index.embedding import BMRetrieverEmbedding
     from bmrag.models import model_note
 
     out = out or sys.stdout
@@ -293,8 +292,7 @@ def run_ray_index(*, corpus: str | None, index_dir: str | os.PathLike[str] | Non
     print(f"Corpus: {source} (read by Ray in shards)", file=out)
     print(f"Index: {where} (collection {collection!r}); Ray: {address or 'local cluster'}, {workers} workers"
           + (f", encoding on {api_base}" if api_base else ""), file=out, flush=True)
-    embed_model = (BMRetrieverEmbedding(model_name=name, api_base=api_base, embed_batch_size=batch_size) if api_base
-                   else load_embedding(name, batch_size=batch_size))
+    embed_model = load_embedding(name, batch_size=batch_size, dtype=dtype, api_base=api_base)
     report = build_with_ray(source, where, embed_model, collection=collection, address=address, workers=workers,
                             batch_size=batch_size, api_base=api_base, skip_bad=skip_bad, show_progress=show_progress)
     if report.nodes_added == 0:
