@@ -56,16 +56,15 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
                         help="ray: cluster to join ('auto' after `ray start --head`; default: start a local one)")
     parser.add_argument("--workers", type=int, default=None,
                         help="ray: encoding actors (default 2; one GPU each when the cluster has GPUs)")
-    parser.add_argument("--embed-api-base", default=None,
-                        help="encode on this vLLM pooling server (`bmrag serve-embed MODEL`, e.g. "
-                             "http://127.0.0.1:8200/v1) instead of in-process (either engine)")
+    options.add_embed_server_option(parser)
     parser.set_defaults(func=_run_index)
 
 
 def _run_search(args: argparse.Namespace) -> int:
     from bmrag.demo import run_search
 
-    return run_search(args.question, index_dir=args.index, k=args.k, model=args.model, collection=args.collection)
+    return run_search(args.question, index_dir=args.index, k=args.k, model=args.model, collection=args.collection,
+                      embed_api_base=args.embed_api_base)
 
 
 def _add_search(sub: argparse._SubParsersAction) -> None:
@@ -74,6 +73,7 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     options.add_index_options(parser)
     options.add_top_k_option(parser, default=5, help="passages to show (default 5)")
     parser.add_argument("--model", default=None, help="retriever (default: the model recorded in the index)")
+    options.add_embed_server_option(parser)
     parser.set_defaults(func=_run_search)
 
 
@@ -147,7 +147,7 @@ def _run_ask(args: argparse.Namespace) -> int:
                                llm_model=args.llm_model, api_base=args.api_base, min_score=min_score,
                                max_new_tokens=args.max_new_tokens, health_timeout=args.health_timeout,
                                threads=threads if args.backend == "local" else None, dtype=args.dtype,
-                               hybrid=args.hybrid, answer=args.answer,
+                               hybrid=args.hybrid, answer=args.answer, embed_api_base=args.embed_api_base,
                                min_support=None if args.no_attribution else MIN_SUPPORT)
     print(f"bmrag ask: {chain.describe_setup()}; {threads} CPU thread(s) ({args.threads_origin})", file=sys.stderr)
     code = 0
@@ -182,6 +182,7 @@ def _add_ask(sub: argparse._SubParsersAction) -> None:
                         help="answer every line of FILE (one question per line) in one process, printing one JSON "
                              "object per line (the fields of --json)")
     options.add_index_options(parser)
+    options.add_embed_server_option(parser)
     options.add_top_k_option(parser)
     parser.add_argument("--candidates", type=int, default=None,
                         help="first-stage passages (default k; max(4k, 20) with --rerank)")

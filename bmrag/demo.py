@@ -68,16 +68,17 @@ def format_hits(hits: Sequence[NodeWithScore], *, width: int = 100, chars: int =
 
 
 def run_search(question: str, *, index_dir: str | os.PathLike[str] | None, k: int = 5, model: str | None = None,
-               collection: str = DEFAULT_COLLECTION, out: IO[str] | None = None) -> int:
+               collection: str = DEFAULT_COLLECTION, embed_api_base: str | None = None,
+               out: IO[str] | None = None) -> int:
     """``bmrag search``: print the top-``k`` passages of an index for ``question``.
 
     The model defaults to the one recorded in the index manifest (with its recipe), so queries are
-    embedded the way the documents were.
+    embedded the way the documents were; ``embed_api_base`` embeds them on that vLLM pooling server.
     """
     out = out or sys.stdout
     if not question.strip():
         raise ValueError("the question is empty")
-    index = open_index(index_dir, collection=collection, model=model)
+    index = open_index(index_dir, collection=collection, model=model, api_base=embed_api_base)
     try:
         print(models.model_note(index.embed_model.model_name, "option" if model else "manifest"), file=out)
         print(f"Index: {index.label}", file=out)

@@ -27,6 +27,13 @@ def add_index_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--collection", default="bmrag", help="collection name in the index (default bmrag)")
 
 
+def add_embed_server_option(parser: argparse.ArgumentParser) -> None:
+    """``--embed-api-base URL``: the retriever's forward passes on a vLLM pooling server (``bmrag serve-embed``)."""
+    parser.add_argument("--embed-api-base", default=None, metavar="URL",
+                        help="run the retriever on this vLLM pooling server (`bmrag serve-embed MODEL`, e.g. "
+                             "http://127.0.0.1:8302/v1) instead of in this process; it must serve the index's model")
+
+
 def add_corpus_options(parser: argparse.ArgumentParser) -> None:
     """``--corpus``, ``--model`` (the retriever an index is built with) and ``--no-progress``."""
     parser.add_argument("--corpus", default=None,

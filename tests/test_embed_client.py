@@ -177,6 +177,27 @@ def test_bmrag_index_with_embed_api_base_builds_the_in_process_index(stand_in, t
     for node_id, vector in local[2].items():
         np.testing.assert_allclose(served[2][node_id], vector, rtol=1e-4, atol=1e-5)
 
+    # Questions embedded on the server find what in-process questions find (QAChain, bmrag search), scores too.
+    from bmrag.qa.chain import QAChain
+
+    def retrieve(**server):
+        chain = QAChain.from_index(tmp_path / "served", backend=None, dtype="float32", **server)
+        try:
+            return [(e.node_id, e.score) for e in chain.retrieve("statin warfarin statin")]
+        finally:
+            chain.close()
+
+    received = len(handler.received)
+    local_hits, served_hits = retrieve(), retrieve(embed_api_base=api_base)
+    assert len(handler.received) == received + 1 and len(local_hits) >= 3
+    assert [h for h, _ in served_hits] == [h for h, _ in local_hits]
+    np.testing.assert_allclose([s for _, s in served_hits], [s for _, s in local_hits], rtol=1e-4)
+    assert main(["search", "statin warfarin statin", "--index", str(tmp_path / "served"), "-k", "3",
+                 "--embed-api-base", api_base]) == 0
+    shown = capsys.readouterr().out
+    positions = [shown.index(f"[{h}]") for h, _ in local_hits[:3]]  # shown in the in-process order
+    assert positions == sorted(positions)
+
     # The server gone: a clear error, exit code 2, and what the index holds is untouched.
     down = f"http://127.0.0.1:{serve.free_port()}/v1"
     corpus.write_text(corpus.read_text() + json.dumps({"_id": "d9", "text": "new"}) + "\n")

@@ -83,7 +83,8 @@ class OpenIndex:
 
 
 def open_index(path: str | os.PathLike[str] | None = None, *, collection: str = DEFAULT_COLLECTION,
-               model: str | None = None, dtype: str | None = None, batch_size: int = 32) -> OpenIndex:
+               model: str | None = None, dtype: str | None = None, batch_size: int = 32,
+               api_base: str | None = None) -> OpenIndex:
     """Open an existing index with the model recorded in its manifest.
 
     Args:
@@ -93,6 +94,8 @@ def open_index(path: str | os.PathLike[str] | None = None, *, collection: str = 
             model raises :class:`~bmrag.index.manifest.IndexMismatchError`).
         dtype: Weights dtype of the embedding model (default: the hardware's, see :mod:`bmrag.loading`).
         batch_size: Texts per forward pass when embedding.
+        api_base: Embed questions on this vLLM pooling server (``bmrag serve-embed``) instead of in this process;
+            it must serve the model (and recipe) the index records. ``dtype`` then defaults to the recorded one.
 
     Raises:
         FileNotFoundError: No index at ``path`` or no such collection.
@@ -100,7 +103,10 @@ def open_index(path: str | os.PathLike[str] | None = None, *, collection: str = 
     """
     path = index_location(path) if path is not None else default_index_dir()
     manifest = read_manifest(path, collection)
-    if model:
+    if api_base is not None:
+        embed_model = load_embedding(model or manifest["model"], batch_size=batch_size,
+                                     dtype=dtype or manifest.get("dtype") or None, api_base=api_base)
+    elif model:
         embed_model = load_embedding(model, batch_size=batch_size, dtype=dtype)
     else:
         embed_model = load_embedding(manifest["model"], recipe=json.loads(manifest["recipe"]), batch_size=batch_size,

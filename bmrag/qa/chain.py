@@ -134,7 +134,7 @@ class QAChain:
                    health_timeout: float | None = None, threads: int | None = None, dtype: str | None = None,
                    generator: Generator | None = None, hybrid: bool = False,
                    fusion_depth: int | None = None, min_support: float | None = MIN_SUPPORT,
-                   answer: AnswerMode | None = None) -> QAChain:
+                   answer: AnswerMode | None = None, embed_api_base: str | None = None) -> QAChain:
         """Open an index with the model recorded in its manifest and set up the generator.
 
         Args:
@@ -159,6 +159,8 @@ class QAChain:
             min_support: Citation attribution threshold, None for none (see :class:`QAChain`).
             answer: ``"extractive"`` or ``"generative"``; default :func:`bmrag.qa.grounding.default_answer_mode`
                 (generative with ``backend="vllm"``, else extractive, which loads no generator).
+            embed_api_base: Embed questions on this vLLM pooling server (``bmrag serve-embed``, serving the model
+                the index records) instead of loading the retriever in this process.
 
         A vLLM server that does not answer does not raise: the chain is built without a generator and each
         ``ask`` returns the evidence with status ``generator_unavailable`` and the reason.
@@ -184,7 +186,7 @@ class QAChain:
                 error = str(err)
         elif llm_model is not None or api_base is not None:
             raise ValueError("pass either generator= or llm_model/api_base, not both")
-        index = open_index(index_dir, collection=collection, dtype=dtype)
+        index = open_index(index_dir, collection=collection, dtype=dtype, api_base=embed_api_base)
         try:
             reranker = None
             if rerank:
