@@ -285,3 +285,19 @@ def test_cli_ask_attributes_by_default_and_not_with_no_attribution(index_dir, ca
     assert scored["attribution"]["min_support"] == 0.5 and scored["attribution"]["sentences"]
     assert plain["attribution"] is None and not any(s["attributed"] for s in plain["sources"])
     assert any(s["doc_id"] == "scurvy" for s in scored["sources"]), scored["answer"]
+
+
+def test_an_answer_whose_sources_never_mention_part_of_the_question_says_so(index_dir):
+    chain = QAChain.from_index(index_dir, k=2, backend=None, min_score=None)
+    try:
+        covered = chain.ask("What are the warning signs of a stroke?")
+        partial = chain.ask("Are warning signs of a stroke different in children?")
+    finally:
+        chain.close()
+    assert covered.status == "answered" and covered.unmentioned == []
+    assert not any("do not mention" in note for note in covered.notes)
+    # Quoted from the stroke passage, which says nothing about children: answered, and the gap is named.
+    assert partial.status == "answered" and partial.sources[0]["label"] == "stroke", partial.format()
+    assert partial.unmentioned == ["different", "children"]
+    assert "the answer's sources do not mention: different, children" in partial.format()
+    assert partial.to_dict()["unmentioned"] == ["different", "children"]

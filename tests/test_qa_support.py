@@ -44,3 +44,22 @@ def test_bad_input_is_rejected(embed_model):
     with pytest.raises(ValueError, match="min_dense must be between -1 and 1, got 2"):
         support(["a claim"], ["p"], embed_model, min_dense=2)
     assert support([], ["p"], embed_model) == []
+
+
+def test_unmentioned_terms_name_what_the_sources_never_say():
+    from bmrag.qa.support import unmentioned_terms
+
+    pressure = ("High Blood Pressure: susceptibility Genetic causes of this condition are why family history is a "
+                "risk factor for this condition.")
+    assert unmentioned_terms("Is high blood pressure a risk factor for dementia?", [pressure]) == ["dementia"]
+    assert unmentioned_terms("Is high blood pressure a risk factor for dementia?",
+                             [pressure, "Dementia: causes Vascular dementia follows strokes."]) == []
+    # Plurals and derived forms share a stem; lay words match their clinical stems; phrasing words are ignored.
+    assert unmentioned_terms("What are the treatments for glaucoma?", ["Glaucoma: treatment with drops."]) == []
+    assert unmentioned_terms("Do statins taken before heart surgery prevent atrial fibrillation?",
+                             ["Preoperative statins and atrial fibrillation preventive effects after cardiac "
+                              "surgery."]) == []
+    assert unmentioned_terms("Does vitamin D supplementation prevent fractures?",
+                             ["Vitamin D deficiency increases the risk of skeletal fractures."]) == \
+        ["supplementation", "prevent"]
+    assert unmentioned_terms("how do I know if my child has ADHD", ["ADHD in adults"]) == ["child"]

@@ -47,6 +47,7 @@ from bmrag.qa.grounding import (
 )
 from bmrag.qa.prompt import build_messages, fit_texts
 from bmrag.qa.result import AskResult
+from bmrag.qa.support import unmentioned_terms
 
 if TYPE_CHECKING:
     from bmrag.generators import Generator
@@ -320,6 +321,13 @@ class QAChain:
                                 else "the index returned no passage (is it empty?)")
         else:
             self._answer(question, nodes, given, shown, result, hybrid)
+        if result.sources:
+            cited = {src["number"] for src in result.sources}
+            result.unmentioned = unmentioned_terms(question, [f"{e.title} {e.text}" for e in shown
+                                                              if e.number in cited])
+            if result.unmentioned:
+                result.notes.append(f"the answer's sources do not mention: {', '.join(result.unmentioned)} "
+                                    "(the answer may not address that part of the question)")
         result.timings.setdefault("generation", 0.0)
         result.timings["total"] = time.perf_counter() - start
         return result

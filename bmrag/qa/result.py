@@ -63,6 +63,8 @@ class AskResult:
         unsupported: Generated sentences removed from the answer because no passage supports them.
         quotes: The extractive answer (quoted sentences, their passages and scores), whatever the mode.
         abstention: The abstention decision (probability, threshold, signals) when a calibration exists.
+        unmentioned: Question words that none of the answer's source passages contains: the answer may not
+            address them (:func:`bmrag.qa.support.unmentioned_terms`; also said in ``notes``).
         notes: Human-readable notes (server down, filters matched nothing, uncited answer, ...).
     """
 
@@ -84,6 +86,7 @@ class AskResult:
     unsupported: list[str] = field(default_factory=list)
     quotes: dict[str, Any] | None = None
     abstention: dict[str, Any] | None = None
+    unmentioned: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property

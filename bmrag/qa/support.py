@@ -91,3 +91,53 @@ def support(sentences: Sequence[str], passages: Sequence[str], embed_model: Any,
         out.append(SentenceSupport(sentence, best + 1, per_passage[best], overlap, per_passage,
                                    per_passage[best] >= min_dense))
     return out
+
+
+QUESTION_WORDS = frozenset("""
+what which who whom whose when where why how do does did done doing can could should would may might must shall
+will i me my mine we us our you your he him his she her they them their have has had having get gets got know
+about any some much many more most other than very also just please tell explain mean means meaning someone
+people person thing things way ways there here been being am were was are is it its take takes taken taking
+before after during while
+""".split())
+"""Words a question is phrased with rather than about (besides the BM25 tokenizer's stop words)."""
+
+LAY_TERMS = {"heart": ("cardiac", "cardio", "coronary"), "kidney": ("renal", "nephr"), "liver": ("hepat",),
+             "lung": ("pulmonary", "respirat"), "brain": ("cerebr", "neuro"), "stomach": ("gastr",),
+             "skin": ("derma", "cutaneous"), "bone": ("osteo", "skeletal"), "blood": ("haem", "hem", "plasma"),
+             "child": ("pediatric", "paediatric", "infant", "adolescent"), "children": ("pediatric", "paediatric"),
+             "eye": ("ocular", "ophthalm", "retina"), "cancer": ("tumor", "tumour", "carcinoma", "neoplas"),
+             "pregnancy": ("pregnant", "gestation", "prenatal"), "surgery": ("surgical", "operative", "bypass")}
+"""Lay words and the clinical stems a passage may use instead ("heart surgery" in the question, "cardiac" or
+"coronary artery bypass" in the abstract)."""
+
+
+def _mentions(word: str, vocabulary: set[str]) -> bool:
+    # A shared 5-letter stem counts ("treatments"/"treatment", "prevent"/"prevention"): erring towards
+    # "mentioned" only ever suppresses the note, never invents one.
+    stems = (word[:5] if len(word) > 5 else word, *LAY_TERMS.get(word, ()))
+    return word in vocabulary or any(token.startswith(stems) for token in vocabulary)
+
+
+def unmentioned_terms(question: str, texts: Sequence[str]) -> list[str]:
+    """The question's content words that none of ``texts`` (the answer's source passages) contains.
+
+    A quoted or checked answer can still be about something else than the question: asked whether high blood
+    pressure is a risk factor for dementia, a quote on blood-pressure risk factors that never says "dementia"
+    is verbatim and cited, but does not answer it. The words listed here are shown with the answer.
+
+    Args:
+        question: The user's question.
+        texts: Title + text of each passage the answer cites.
+
+    Returns:
+        Content words in question order, each once (BM25 tokens minus :data:`QUESTION_WORDS`; numbers kept).
+    """
+    vocabulary = {token for text in texts for token in tokenize(text)}
+    missing: list[str] = []
+    for word in tokenize(question):
+        if word in QUESTION_WORDS or len(word) < 2 or word in missing:
+            continue
+        if not _mentions(word, vocabulary):
+            missing.append(word)
+    return missing
