@@ -6,7 +6,8 @@ shipped ``bmrag-mini`` merged into its base; with bmrag-mini the top-10 rankings
 passages overlap >= 0.9 on average (an untrained decoder scores every passage alike, so its ranking is noise and
 only the trained model can show ranking equivalence). Both checks run at float32 on both
 sides. The ranking check's size is ``$BMRAG_VLLM_EMBED_SIZE`` = ``QUERIES,PASSAGES``, default ``50,300`` (CI's
-budget: in-process float32 encodes ~370 tokens/s on 2 Zen 4 cores, ~29 min for the issue's 2,000 passages), and
+budget: on 2 Zen 4 cores 50 x 300 took 407 s in-process and 241 s on the server at float32: ~45 + ~27 min at
+the issue's 2,000 passages), and
 its dtype ``$BMRAG_VLLM_EMBED_DTYPE`` (default float32). The issue's size at bf16
 (``BMRAG_VLLM_EMBED_SIZE=200,2000 BMRAG_VLLM_EMBED_DTYPE=bfloat16``) measured top-10 overlap 0.885: see the
 test. Ray actors encoding on the server (``bmrag index --engine ray --embed-api-base``) build the index one
@@ -227,7 +228,7 @@ def test_bmrag_mini_server_rankings_equal_in_process_rankings(mini_ranking_serve
     # Measured at the full size (200 x 2,000) at bf16 on both sides, AMD EPYC Zen 4, 2 cores: top-10 overlap
     # 0.885 (< 0.9), cosine min 0.99851 / mean 0.99937; in-process 1,239 s, server 966 s. bf16 rounding flips
     # near-tied passages of this weak model. float32 (vectors equal to 1e-5, the test above) is the same-dtype
-    # check CI can afford: in-process float32 runs at ~370 tokens/s here, ~29 min for 2,000 SciFact passages.
+    # check CI can afford at 50 x 300 (407 s in-process + 241 s server here; ~45 + ~27 min at 2,000 passages).
     api_base, dtype = mini_ranking_server
     local = BMRetrieverEncoder.from_pretrained("bmrag-mini", dtype=dtype)
     remote = BMRetrieverEncoder.from_server(api_base, "bmrag-mini", dtype=dtype, concurrency=2)
