@@ -59,7 +59,11 @@ def _real(encoder: Any, n_docs: int, efs: list[int], batch_size: int, root: Path
     from bmrag.index.readers import load_corpus, load_queries
     from bmrag.loading import data_root
 
-    folder = (data_root() or Path("../shared/data")) / "scifact"
+    root = data_root()
+    if root is None:
+        raise FileNotFoundError("SciFact not found: set $BMRAG_DATA to the folder holding scifact/ "
+                                "(../shared/data beside the repository is used when it exists)")
+    folder = root / "scifact"
     corpus = load_corpus(folder)
     ids = sorted(corpus)[:n_docs]
     queries = list(load_queries(folder).values())
