@@ -14,8 +14,8 @@ import signal
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
+from index_dump import assert_same_index, dump_index
 
 pytest.importorskip("ray", reason="pip install 'bmrag[scale]'")
 
@@ -59,22 +59,6 @@ def ray_cluster():
     ray.shutdown()
 
 
-def _dump(index: Path) -> dict[str, tuple[str, dict, np.ndarray]]:
-    import chromadb
-    from chromadb.config import Settings
-
-    client = chromadb.PersistentClient(path=str(index), settings=Settings(anonymized_telemetry=False))
-    try:
-        col = client.get_collection("bmrag")
-        got = col.get(include=["documents", "metadatas", "embeddings"])
-        manifest = {k: v for k, v in (col.metadata or {}).items() if k not in ("bmrag_chroma_version",)}
-        rows = {i: (d, m, np.asarray(e)) for i, d, m, e in zip(got["ids"], got["documents"], got["metadatas"],
-                                                                 got["embeddings"])}
-        return {"__manifest__": manifest, **rows}
-    finally:
-        client.close()
-
-
 @pytest.fixture(scope="module")
 def reference_index(tmp_path_factory, corpus_file, embed_model) -> dict:
     from bmrag.index.build import build_index
@@ -85,21 +69,7 @@ def reference_index(tmp_path_factory, corpus_file, embed_model) -> dict:
     store, report = build_index(documents, index, embed_model, show_progress=False)
     store.close()
     assert report.added > report.documents_added == 40  # the long document was chunked
-    return _dump(index)
-
-
-def _assert_same(got: dict, want: dict) -> None:
-    assert got["__manifest__"] == want["__manifest__"]
-    assert sorted(got) == sorted(want)
-    for node_id in want:
-        if node_id == "__manifest__":
-            continue
-        g_doc, g_meta, g_vec = got[node_id]
-        w_doc, w_meta, w_vec = want[node_id]
-        assert g_doc == w_doc, node_id
-        assert g_meta == w_meta, node_id
-        # Different batch composition -> float32 reassociation only.
-        np.testing.assert_allclose(g_vec, w_vec, rtol=1e-4, atol=1e-5, err_msg=node_id)
+    return dump_index(index)
 
 
 def test_ray_two_workers_build_the_single_process_index_and_a_rerun_adds_nothing(
@@ -110,7 +80,7 @@ def test_ray_two_workers_build_the_single_process_index_and_a_rerun_adds_nothing
     report = build_with_ray(corpus_file, index, embed_model, workers=2, batch_size=8, lines_per_shard=7,
                             show_progress=False)
     assert report.shards == 6 and report.documents_added == 40 and not report.duplicates
-    _assert_same(_dump(index), reference_index)
+    assert_same_index(dump_index(index), reference_index)
     again = build_with_ray(corpus_file, index, embed_model, workers=2, batch_size=8, lines_per_shard=7,
                            show_progress=False)
     assert again.nodes_added == 0 and again.skipped_stored == report.nodes_added
@@ -130,7 +100,7 @@ def test_resume_after_a_partial_index_adds_only_the_missing_nodes(
     report = build_with_ray(corpus_file, index, embed_model, workers=2, batch_size=8, lines_per_shard=7,
                             show_progress=False)
     assert report.documents_added == 27
-    _assert_same(_dump(index), reference_index)
+    assert_same_index(dump_index(index), reference_index)
 
 
 class _DiesOnce:
@@ -167,7 +137,7 @@ def test_a_worker_killed_mid_run_is_retried_and_the_index_still_matches(
     assert marker.is_file(), "no worker was killed: the test did not test anything"
     assert int(marker.read_text()) != os.getpid()
     assert report.documents_added == 40
-    _assert_same(_dump(index), reference_index)
+    assert_same_index(dump_index(index), reference_index)
 
 
 def test_text_folder_source_is_read_in_shards_with_the_same_ids(tmp_path, embed_model, ray_cluster):
@@ -188,7 +158,7 @@ def test_text_folder_source_is_read_in_shards_with_the_same_ids(tmp_path, embed_
     ray_index = tmp_path / "ray"
     report = ray_engine.build_with_ray(folder, ray_index, embed_model, workers=2, batch_size=4, show_progress=False)
     assert report.documents_added == 5
-    _assert_same(_dump(ray_index), _dump(single))
+    assert_same_index(dump_index(ray_index), dump_index(single))
 
 
 def test_a_malformed_line_is_named_and_what_was_stored_stays(tmp_path, corpus_file, embed_model, ray_cluster):
@@ -205,7 +175,7 @@ def test_a_malformed_line_is_named_and_what_was_stored_stays(tmp_path, corpus_fi
     report = build_with_ray(bad, index, embed_model, workers=2, batch_size=8, lines_per_shard=7,
                             show_progress=False, skip_bad=True)
     assert len(report.bad_records) == 1 and f"{bad}:31: malformed record" in report.bad_records[0]
-    stored = _dump(index)
+    stored = dump_index(index)
     assert "broken#0" not in stored and "d30#0" not in stored and len(stored) - 1 == report.nodes_added + \
         report.skipped_stored
 

@@ -187,7 +187,7 @@ def test_bmrag_mini_merged_server_matches_in_process_vectors_at_float32(mini_ser
 def test_ray_workers_encoding_on_the_server_build_the_single_process_index(mini_server, tmp_path):
     """``bmrag index --engine ray --embed-api-base``: Ray actors call the server; same index as one process."""
     pytest.importorskip("ray", reason="pip install 'bmrag[scale]'")
-    import chromadb
+    from index_dump import dump_index
 
     _, passages = _scifact(0, 24)
     corpus = tmp_path / "corpus.jsonl"
@@ -200,18 +200,11 @@ def test_ray_workers_encoding_on_the_server_build_the_single_process_index(mini_
         assert run.returncode == 0, run.stdout + run.stderr
         assert "Indexed 24 documents" in run.stdout and f"encoding on {mini_server}" in run.stdout
 
-    def dump(name):
-        client = chromadb.PersistentClient(path=str(tmp_path / name))
-        col = client.get_collection("bmrag")
-        got = col.get(include=["embeddings", "documents"])
-        manifest = dict(col.metadata)
-        client.close()
-        return manifest, dict(zip(got["ids"], got["documents"])), dict(zip(got["ids"], np.asarray(got["embeddings"])))
-
-    single, ray_built = dump("single"), dump("ray")
-    assert ray_built[0] == single[0] and ray_built[1] == single[1] and len(single[1]) >= 24
-    ids = sorted(single[2])
-    cos = _cosines(np.stack([ray_built[2][i] for i in ids]), np.stack([single[2][i] for i in ids]))
+    single, ray_built = dump_index(tmp_path / "single"), dump_index(tmp_path / "ray")
+    assert ray_built["__manifest__"] == single["__manifest__"] and sorted(ray_built) == sorted(single)
+    ids = sorted(set(single) - {"__manifest__"})
+    assert len(ids) >= 24 and all(ray_built[i][:2] == single[i][:2] for i in ids)  # documents and metadata
+    cos = _cosines(np.stack([ray_built[i][2] for i in ids]), np.stack([single[i][2] for i in ids]))
     assert cos.min() >= 0.99999, cos.min()
 
 
