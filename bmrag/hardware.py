@@ -46,6 +46,13 @@ def cpu_has_bf16_matmul() -> bool:
     return bool(cpu_flags() & BF16_CPU_FLAGS)
 
 
+def usable_core_ids() -> list[int]:
+    """The ids of the CPU cores this process may run on (its affinity mask, else ``0 .. os.cpu_count() - 1``)."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
 def usable_cores() -> int:
     """CPU cores this process may run on (its affinity mask where the OS has one, else ``os.cpu_count()``)."""
     if hasattr(os, "sched_getaffinity"):

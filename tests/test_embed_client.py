@@ -195,3 +195,21 @@ def test_bmrag_index_with_embed_api_base_builds_the_in_process_index(stand_in, t
     assert main([*common, "--index", str(tmp_path / "served"), "--embed-api-base", down]) == 2
     assert f"no embedding server answered at {down}" in capsys.readouterr().err
     assert sorted(dump_index(tmp_path / "served")) == sorted(local)
+
+
+def test_serve_embed_gives_the_cpu_worker_every_usable_core_unless_told(tmp_path, tiny_llama_dir, monkeypatch):
+    python = tmp_path / "bin" / "python"
+    python.parent.mkdir()
+    python.write_text("")
+    monkeypatch.delenv(serve.CPU_BINDING_ENV, raising=False)
+    monkeypatch.setattr(serve.hardware, "usable_core_ids", lambda: [0, 1, 5])
+
+    def env(**kwargs):
+        return serve.embed_server_spec(str(tiny_llama_dir), device="cpu", python=python, **kwargs).env
+
+    assert env()[serve.CPU_BINDING_ENV] == "0,1,5"
+    assert serve.CPU_BINDING_ENV not in env(cpu_binding="vllm")  # vLLM's own: one core for its scheduler
+    with pytest.raises(ValueError, match="cpu binding must be 'all' or 'vllm', got 'half'"):
+        env(cpu_binding="half")
+    monkeypatch.setenv(serve.CPU_BINDING_ENV, "2-3")  # the user's binding is kept: start() merges os.environ first
+    assert serve.CPU_BINDING_ENV not in env()
