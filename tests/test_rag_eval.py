@@ -292,12 +292,13 @@ def test_grounding_metrics_pool_sentences_and_score_abstention_per_kind():
     from bmrag.evaluation.rag_grounded import UnanswerableRecord, grounding_metrics
 
     records = [SimpleNamespace(status="answered", metrics={"sentences_judged": 3, "sentences_unsupported": 1,
-                                                           "rouge_l": 0.5}, timings={"total": 1.0}),
-               SimpleNamespace(status="partially_supported", timings={"total": 3.0},
+                                                           "rouge_l": 0.5}, timings={"total": 1.0}, unmentioned=[]),
+               SimpleNamespace(status="partially_supported", timings={"total": 3.0}, unmentioned=["children"],
                                metrics={"sentences_judged": 1, "sentences_unsupported": 1, "rouge_l": 0.1}),
-               SimpleNamespace(status="abstained", metrics={"rouge_l": 0.0}, timings={"total": 2.0})]
+               SimpleNamespace(status="abstained", metrics={"rouge_l": 0.0}, timings={"total": 2.0}, unmentioned=[])]
     unanswerable = [UnanswerableRecord("a", "q", "gold_removed", "abstained", "extractive", None, [], 1, 0.9),
-                    UnanswerableRecord("b", "q", "gold_removed", "answered", "extractive", "x", [], 1, 0.1),
+                    UnanswerableRecord("b", "q", "gold_removed", "answered", "extractive", "x", [], 1, 0.1,
+                                       ["dementia"]),
                     UnanswerableRecord("c", "q", "other_domain", "abstained", "extractive", None, [], 0, 0.99)]
     g = grounding_metrics(records, unanswerable)
     assert g["unsupported_sentence_rate"] == 0.5 and g["sentences_judged"] == 4  # 2 of 4, not mean(1/3, 1)
@@ -307,6 +308,11 @@ def test_grounding_metrics_pool_sentences_and_score_abstention_per_kind():
     assert a["recall_gold_removed"] == 0.5 and a["recall_other_domain"] == 1.0 and a["n_other_domain"] == 1
     assert g["latency"]["p50_s"] == 2.0 and g["unanswerable_status_counts"] == {"abstained": 2, "answered": 1}
     assert "abstention" not in grounding_metrics(records, None)
+    # Of the answers given: 1 of 2 answerable flagged, 1 of 1 gold-removed, no other-domain answer to judge.
+    assert g["unmentioned_flagged"] == {"answerable": {"answered": 2, "flagged": 1, "rate": 0.5},
+                                        "gold_removed": {"answered": 1, "flagged": 1, "rate": 1.0},
+                                        "other_domain": {"answered": 0, "flagged": 0, "rate": None}}
+    assert list(grounding_metrics(records, None)["unmentioned_flagged"]) == ["answerable"]
 
 
 MEDQUAD = [  # (uid, focus, qtype, question, answer)
@@ -416,6 +422,13 @@ def test_extractive_run_scores_grounding_and_the_unanswerable_split(data_root, t
     assert a["n"] == 5 and a["n_gold_removed"] == 2 and a["n_other_domain"] == 1
     assert a["tp"] == sum(r["status"] == "abstained" for r in rows)
     assert g["latency"]["n"] == 2 and g["latency"]["p95_s"] >= g["latency"]["p50_s"] > 0
+    # Each row says which question words its answer's sources leave out; the split summary counts those rows.
+    for split, split_rows in (("answerable", result["per_question"]), ("gold_removed", rows[:2])):
+        given = [r for r in split_rows if r["status"] in ("answered", "partially_supported")]
+        assert g["unmentioned_flagged"][split] == {
+            "answered": len(given), "flagged": sum(bool(r["unmentioned"]) for r in given),
+            "rate": sum(bool(r["unmentioned"]) for r in given) / len(given) if given else None}
+    assert all(r["unmentioned"] == [] for r in result["per_question"] if r["status"] == "abstained")
     assert result["environment"]["cpu"] and no_network == []
     assert "Grounding (extractive answers" in (tmp_path / "out" / "rag__bioasq__all-MiniLM-L6-v2__extractive.md"
                                                ).read_text()

@@ -92,6 +92,7 @@ class RagRecord:
     decision_predicted: str | None
     cited_ids: list[str] = field(default_factory=list)
     attributed_ids: list[str] = field(default_factory=list)
+    unmentioned: list[str] = field(default_factory=list)
     metrics: dict[str, float | None] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -259,6 +260,7 @@ def evaluate_rag(dataset: str, *, data: str | os.PathLike[str] | None = None, re
                     decision_predicted=parse_decision(result.answer) if generator is not None else None,
                     cited_ids=_unique([source["doc_id"] for source in result.sources]),
                     attributed_ids=_unique([s["doc_id"] for s in result.sources if s.get("attributed")]),
+                    unmentioned=list(result.unmentioned),
                     timings={key: round(value, 4) for key, value in result.timings.items()},
                     notes=[n for n in result.notes if not n.startswith("generation skipped")])
                 p, r = id_context_scores(given, item.relevant_ids)

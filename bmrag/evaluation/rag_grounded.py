@@ -109,6 +109,7 @@ class UnanswerableRecord:
     given_ids: list[str]
     removed_ids: int
     p_unanswerable: float | None
+    unmentioned: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -125,7 +126,7 @@ def ask_unanswerable(chain: Any, items: Sequence[tuple[str, str, int]], kind: Un
         records.append(UnanswerableRecord(
             qid, question, kind, result.status, result.answer_mode, result.answer,
             list(dict.fromkeys(e.doc_id for e in result.evidence)), removed, abstention.get("p_unanswerable"),
-            {key: round(value, 4) for key, value in result.timings.items()},
+            list(result.unmentioned), {key: round(value, 4) for key, value in result.timings.items()},
             [n for n in result.notes if n.startswith("abstained")]))
     return records
 
@@ -136,8 +137,11 @@ def grounding_metrics(records: Sequence[Any], unanswerable: Sequence[Unanswerabl
     Returns:
         ``unsupported_sentence_rate`` (micro: unsupported / judged sentences over all answers) with
         ``sentences_judged``; ``rouge_l_answered`` (ROUGE-L over answered / partially supported questions only);
-        ``latency`` (answerable questions); with an unanswerable split, ``abstention`` (precision, recall,
-        false-abstention rate and counts; recall per kind) and ``latency_unanswerable``.
+        ``latency`` (answerable questions); ``unmentioned_flagged``: per split (``answerable``, and with an
+        unanswerable split ``gold_removed`` / ``other_domain``), how many answers were given and the share of them
+        whose sources do not mention some question word (``AskResult.unmentioned``): a useful flag is rarer on
+        answerable questions than on answered unanswerable ones. With an unanswerable split, ``abstention``
+        (precision, recall, false-abstention rate and counts; recall per kind) and ``latency_unanswerable``.
     """
     out: dict[str, Any] = {}
     judged = sum(int(r.metrics.get("sentences_judged") or 0) for r in records)
@@ -149,6 +153,10 @@ def grounding_metrics(records: Sequence[Any], unanswerable: Sequence[Unanswerabl
     if rouge:
         out["rouge_l_answered"] = sum(rouge) / len(rouge)
     out["latency"] = latency_summary([float(r.timings.get("total", 0.0)) for r in records])
+    splits = {"answerable": records}
+    if unanswerable is not None:
+        splits.update({kind: [u for u in unanswerable if u.kind == kind] for kind in ("gold_removed", "other_domain")})
+    out["unmentioned_flagged"] = {name: _flag_rate(rows) for name, rows in splits.items()}
     if unanswerable is not None:
         labels = [False] * len(records) + [True] * len(unanswerable)
         abstained = [r.status == "abstained" for r in records] + [u.status == "abstained" for u in unanswerable]
@@ -161,6 +169,13 @@ def grounding_metrics(records: Sequence[Any], unanswerable: Sequence[Unanswerabl
         out["unanswerable_status_counts"] = dict(Counter(u.status for u in unanswerable))
         out["latency_unanswerable"] = latency_summary([float(u.timings.get("total", 0.0)) for u in unanswerable])
     return out
+
+
+def _flag_rate(rows: Sequence[Any]) -> dict[str, Any]:
+    """Answers given among ``rows`` and the share of them with unmentioned question words (None without any)."""
+    answered = [r for r in rows if r.status in ANSWERED]
+    flagged = sum(bool(r.unmentioned) for r in answered)
+    return {"answered": len(answered), "flagged": flagged, "rate": flagged / len(answered) if answered else None}
 
 
 def _f(value: Any) -> str:
@@ -183,6 +198,11 @@ def grounding_markdown(result: dict[str, Any]) -> list[str]:
                  f"{_f(g.get('rouge_l_answered'))}")
     lines.append(f"- latency per question (retrieval + answer): p50 {_f(lat['p50_s'])} s, p95 {_f(lat['p95_s'])} s "
                  f"(n={lat['n']})")
+    flags = g.get("unmentioned_flagged")
+    if flags:
+        lines.append("- answers whose sources do not mention a question word: " + "; ".join(
+            f"{name.replace('_', ' ')} {row['flagged']} of {row['answered']} ({_f(row['rate'])})"
+            for name, row in flags.items()))
     a = g.get("abstention")
     if a:
         lines.append(f"- abstention: precision {_f(a['abstention_precision'])}, recall {_f(a['abstention_recall'])} "
