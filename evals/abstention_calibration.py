@@ -56,7 +56,7 @@ CALIB_SHARE = 0.6
 MEDQUAD_TRAIN_BUCKETS = 7  # sha256(focus) % 10 < 7 -> usable here; the rest is kept for held-out evaluation
 TARGET_PRECISION = 0.8
 MIN_RECALL = 0.9  # on the calibration part: a margin over the 0.8 target for the held-out part
-FEATURES = ("top_score", "margin", "sentence_coverage", "passage_coverage")
+FEATURES = ("top_score", "margin", "sentence_coverage", "passage_coverage", "unmentioned_rarity")
 """Signals the shipped model uses. ``best_sentence`` (dense sentence cosine) is left out: embedding every
 candidate sentence of ~1,200 question variants costs more than this 2-core machine can spend, and the
 lexical coverage of the candidates carries the sentence-level signal at no model cost."""
@@ -211,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                         default=Path(os.environ.get("BMRAG_DATA", REPO.parent / "shared" / "data")))
     parser.add_argument("--retrievers", nargs="+", default=["all-MiniLM-L6-v2", "bm25"])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--features", nargs="+", choices=ab.SIGNAL_NAMES, default=list(FEATURES),
+                        help=f"signals the model uses (default: {' '.join(FEATURES)}); for ablations")
     parser.add_argument("--distractors", type=int, default=800)
     parser.add_argument("--medquad", type=int, default=120)
     parser.add_argument("--pubmedqa", type=int, default=80)
@@ -308,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
 
     models, report = [], {"recipe": {}, "retrievers": {}}
     split_calib = {g: (_h(g) % 100) < CALIB_SHARE * 100 for g in {r["group"] for rr in rows.values() for r in rr}}
-    recipe = {"k": K, "extract_from": EXTRACT_FROM, "signals": list(FEATURES),
+    features = tuple(args.features)
+    recipe = {"k": K, "extract_from": EXTRACT_FROM, "signals": list(features),
               "sentence_coverage": "over every candidate sentence of the top extract_from passages "
               "(bmrag.qa.extractive.candidates; titles skipped), any scorer", "score": "cosine of normalised vectors "
               "(dense) / bm25s lucene k1=0.9 b=0.4 (bm25) over index nodes (corpus_to_nodes)"}
@@ -323,12 +326,12 @@ def main(argv: list[str] | None = None) -> int:
              "medquad_topic_split": f"sha256(focus.lower())[:12] % 10 < {MEDQUAD_TRAIN_BUCKETS} used here; "
                                     "other topics held out for eval"}
     for retriever, rr in rows.items():
-        x = np.stack([r["signals"].vector(FEATURES) for r in rr])
+        x = np.stack([r["signals"].vector(features) for r in rr])
         y = np.asarray([r["label"] for r in rr])
         calib = np.asarray([split_calib[r["group"]] for r in rr])
         mean, scale = x[calib].mean(0), x[calib].std(0) + 1e-9
         weights, bias = ab.fit_logistic((x[calib] - mean) / scale, y[calib])
-        model = ab.AbstentionModel(retriever, FEATURES, tuple(mean), tuple(scale), tuple(weights), bias, 0.5)
+        model = ab.AbstentionModel(retriever, features, tuple(mean), tuple(scale), tuple(weights), bias, 0.5)
         p = np.asarray([model.probability(r["signals"]) for r in rr])
         threshold, curve_cal = choose_threshold(p[calib], y[calib])
         _, curve_held = choose_threshold(p[~calib], y[~calib])
@@ -342,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
         for source in sorted({r["source"] for r in rr}):
             mask = ~calib & np.asarray([r["source"] == source for r in rr])
             by_source[source] = {"n": int(mask.sum()), "abstained": int((p[mask] >= threshold).sum()),
-                                 "unanswerable": int(y[mask].sum())}
+                                 "unanswerable": int(y[mask].sum()),
+                                 "abstained_unanswerable": int(((p[mask] >= threshold) & (y[mask] == 1)).sum())}
         point = {"threshold": threshold, "target": f"recall >= 0.8 at precision >= {TARGET_PRECISION}",
                  "rule": f"most precise calibration point with recall >= {MIN_RECALL}",
                  "calibration": {"precision": cp, "recall": cr, "abstained": cn, "n": int(calib.sum())},
@@ -350,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
                  "held_out_by_source": by_source,
                  "baseline_top_score_only_held_out": {"precision": bp, "recall": br,
                                                       "min_score": float(top.max() - base_t)}}
-        model = ab.AbstentionModel(retriever, FEATURES, tuple(map(float, mean)), tuple(map(float, scale)),
+        model = ab.AbstentionModel(retriever, features, tuple(map(float, mean)), tuple(map(float, scale)),
                                    tuple(map(float, weights)), float(bias), threshold, recipe=recipe,
                                    chosen_point=point, built=built)
         models.append(model)
@@ -372,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     report["recipe"], report["built"] = recipe, built
     report["machine"] = {"cpu": _cpu(), "threads": args.threads, "python": platform.python_version()}
     report["command"] = ("BMRAG_DATA=<shared data> python evals/abstention_calibration.py --threads "
-                         f"{args.threads} --retrievers {' '.join(args.retrievers)}")
+                         f"{args.threads} --retrievers {' '.join(args.retrievers)}"
+                         + (f" --features {' '.join(features)}" if features != FEATURES else ""))
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "abstention.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     _plot(report, args.results / "abstention.png")
@@ -427,6 +432,16 @@ def _markdown(report: dict[str, Any], path: Path) -> None:
                      f"{c['held_out']['recall']:.3f} ({c['held_out']['n']}) | "
                      f"{c['baseline_top_score_only_held_out']['precision']:.3f} / "
                      f"{c['baseline_top_score_only_held_out']['recall']:.3f} |")
+    lines += ["", f"Signals: {', '.join(report['recipe']['signals'])}.", "",
+              "Held-out part by source (at the chosen threshold):", "",
+              "| retriever | source | questions | unanswerable | abstained on unanswerable (recall) | "
+              "abstained on answerable |", "|---|---|---|---|---|---|"]
+    for retriever, data in report["retrievers"].items():
+        for source, row in data["chosen_point"]["held_out_by_source"].items():
+            hits = row["abstained_unanswerable"]
+            recall = f"{hits / row['unanswerable']:.3f}" if row["unanswerable"] else "-"
+            lines.append(f"| {retriever} | {source} | {row['n']} | {row['unanswerable']} | {hits} ({recall}) | "
+                         f"{row['abstained'] - hits} of {row['n'] - row['unanswerable']} |")
     lines += ["", "![trade-off](abstention.png)", "",
               "## Extractive scorers (answerable questions, gold in top 3)", "",
               "| scorer | quoted from gold passage | ROUGE-L PubMedQA (vs conclusion) "

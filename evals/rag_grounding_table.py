@@ -31,18 +31,22 @@ def row(result: dict[str, Any]) -> str:
     lat = g.get("latency") or {}
     d = result["dataset"]
     unanswerable = f"{a.get('n_gold_removed', 0)} + {a.get('n_other_domain', 0)}" if a else "-"
+    setup = g.get("abstention_setup") or {}
+    calibration = (f"{str(setup['sha256'])[:12]} (p >= {_f(setup.get('threshold'))})" if setup.get("sha256")
+                   else "-")
     return (f"| {d['name']} | {who} | {d['questions_evaluated']} / {unanswerable} | {result['status_counts']} | "
             f"{_f(m.get('citation_precision'))} | {_f(g.get('unsupported_sentence_rate'))} "
             f"({g.get('sentences_judged', 0)}) | {_f(m.get('rouge_l'))} / {_f(g.get('rouge_l_answered'))} | "
             f"{_f(a.get('abstention_precision'))} / {_f(a.get('abstention_recall'))} "
-            f"(FAR {_f(a.get('false_abstention_rate'))}) | {_f(lat.get('p50_s'), 2)} / {_f(lat.get('p95_s'), 2)} | "
+            f"(FAR {_f(a.get('false_abstention_rate'))}) | {calibration} | "
+            f"{_f(lat.get('p50_s'), 2)} / {_f(lat.get('p95_s'), 2)} | "
             f"`{' '.join(result.get('command') or [])}` |")
 
 
 HEADER = ("| set | answer mode | questions / unanswerable (gold removed + other domain) | statuses (answerable) | "
           "citation precision | unsupported-sentence rate (sentences) | ROUGE-L all / answered | "
-          "abstention P / R (false-abstention rate) | latency p50 / p95 s | command |\n"
-          "|---|---|---|---|---|---|---|---|---|---|")
+          "abstention P / R (false-abstention rate) | calibration (SHA-256) | latency p50 / p95 s | command |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def main(argv: list[str] | None = None) -> int:

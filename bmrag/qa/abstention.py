@@ -1,8 +1,9 @@
 """Decide "the indexed sources don't answer this question" from retrieval and extractive signals.
 
 A small logistic model over a few signals of one question (:class:`Signals`: the top retrieval score, its
-margin over the next passages, the best sentence's cosine with the question, and how many of the question's
-content words the best sentence / the top passage contain) gives ``p_unanswerable``; the question is
+margin over the next passages, the best sentence's cosine with the question, how many of the question's
+content words the best sentence / the top passage contain, and how rare the rarest question word no passage
+mentions is) gives ``p_unanswerable``; the question is
 abstained on when it reaches the calibrated threshold. Scores of different retrievers live on different
 scales, so the model and its threshold are calibrated PER RETRIEVER (``evals/abstention_calibration.py``) on
 labelled questions built from training splits only, and shipped as data: ``bmrag/data/abstention.json``
@@ -24,6 +25,8 @@ from typing import Any
 import numpy as np
 
 from bmrag.bm25 import tokenize
+from bmrag.qa import specificity
+from bmrag.qa.support import unmentioned_terms
 
 CALIBRATION_FILE = Path(__file__).resolve().parents[1] / "data" / "abstention.json"
 """The shipped calibrations (one entry per retriever)."""
@@ -47,6 +50,10 @@ class Signals:
             the scorer has no dense side).
         sentence_coverage: Highest share of the question's content words found in one candidate sentence.
         passage_coverage: Share of the question's content words found in the top passage (title + text).
+        unmentioned_rarity: Rarity (:meth:`bmrag.qa.specificity.DocumentFrequencies.rarity`, 0-1) of the rarest
+            question word that none of the passages mentions (:func:`bmrag.qa.support.unmentioned_terms`); 0 when
+            every one is mentioned. A rare unmentioned word ("harlequin" over lamellar-ichthyosis pages) says the
+            passages are about something near the question, not about it.
     """
 
     top_score: float
@@ -54,6 +61,7 @@ class Signals:
     best_sentence: float
     sentence_coverage: float
     passage_coverage: float
+    unmentioned_rarity: float = 0.0
 
     def vector(self, names: Sequence[str]) -> np.ndarray:
         """The named signals as a float vector (the model's feature order)."""
@@ -86,10 +94,13 @@ def signals_from(question: str, scores: Sequence[float], passages: Sequence[str]
                          f"{len(passages)} passages")
     rest = [float(s) for s in scores[1:]]
     margin = float(scores[0]) - (sum(rest) / len(rest)) if rest else 0.0
+    missing = unmentioned_terms(question, passages)
+    frequencies = specificity.shipped()
     return Signals(top_score=float(scores[0]), margin=margin,
                    best_sentence=float(extractive.best_dense) if extractive.best_dense is not None else 0.0,
                    sentence_coverage=float(extractive.best_lexical_coverage),
-                   passage_coverage=content_coverage(question, passages[0]))
+                   passage_coverage=content_coverage(question, passages[0]),
+                   unmentioned_rarity=max((frequencies.rarity(word) for word in missing), default=0.0))
 
 
 @dataclass(frozen=True)
