@@ -9,7 +9,10 @@ against the in-process baseline measured in the same run:
   actors (one torch thread each); the cluster is started once before the timed runs (its start-up is reported
   separately), each timed run includes loading the model in its actors;
 * ``vllm-server``: the in-process path with ``BMRetrieverEmbedding(api_base=...)``: forward passes on a vLLM-CPU
-  pooling server (``bmrag serve-embed``), started by this script unless ``--embed-api-base`` names a running one.
+  pooling server (``bmrag serve-embed``, its worker on every core), started by this script unless
+  ``--embed-api-base`` names a running one;
+* ``vllm-server-vllm-binding``: the same with ``serve-embed --cpu-binding vllm`` (vLLM keeps a core for its
+  scheduler), always started by this script.
 
 Usage::
 
@@ -34,7 +37,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-CONFIGS = ("in-process", "ray-1", "ray-2", "vllm-server")
+CONFIGS = ("in-process", "ray-1", "ray-2", "vllm-server", "vllm-server-vllm-binding")
 
 
 def _passages(n_docs: int, data: Path) -> Path:
@@ -48,7 +51,7 @@ def _passages(n_docs: int, data: Path) -> Path:
     return out
 
 
-def _start_server(model: str) -> tuple[subprocess.Popen, str, float]:
+def _start_server(model: str, binding: str) -> tuple[subprocess.Popen, str, float]:
     from bmrag import serve
 
     port = serve.free_port()
@@ -56,7 +59,8 @@ def _start_server(model: str) -> tuple[subprocess.Popen, str, float]:
     start = time.perf_counter()
     with open(log, "w") as handle:
         process = subprocess.Popen([sys.executable, "-m", "bmrag.cli", "serve-embed", model, "--port", str(port),
-                                    "--device", "cpu"], stdout=handle, stderr=subprocess.STDOUT)
+                                    "--device", "cpu", "--cpu-binding", binding], stdout=handle,
+                                   stderr=subprocess.STDOUT)
     while "vLLM is serving embeddings" not in log.read_text():
         if process.poll() is not None or time.perf_counter() - start > 900:
             process.terminate()
@@ -118,17 +122,21 @@ def main(argv: list[str] | None = None) -> int:
                                     show_progress=False)
             docs, seconds = report.documents_added, time.perf_counter() - start
         else:
-            api_base = args.embed_api_base
-            if api_base is None:
-                from bmrag import serve
+            from bmrag import serve
 
-                server, api_base, started = _start_server(args.model)
-                cores = (os.environ.get(serve.CPU_BINDING_ENV)
+            binding = "vllm" if config == "vllm-server-vllm-binding" else "all"
+            api_base = args.embed_api_base if binding == "all" else None
+            if api_base is None:
+                if server is not None:  # one server at a time: an idle one holds GiBs of the same 2 cores
+                    server.terminate()
+                    server.wait(timeout=60)
+                server, api_base, started = _start_server(args.model, binding)
+                cores = ("vLLM's choice" if binding == "vllm" else os.environ.get(serve.CPU_BINDING_ENV)
                          or serve.cpu_binding_env("all").get(serve.CPU_BINDING_ENV))
-                notes.append(f"vLLM-CPU server started by this run: healthy after {started:.0f} s (not timed); its "
-                             f"worker's threads on cores {cores} (`serve-embed --cpu-binding all`).")
+                notes.append(f"{config}: vLLM-CPU server started by this run, healthy after {started:.0f} s (not "
+                             f"timed); worker threads on cores {cores} (`serve-embed --cpu-binding {binding}`).")
             else:
-                notes.append(f"vLLM server at {api_base}, started outside this run (its binding is not recorded).")
+                notes.append(f"{config}: vLLM server at {api_base}, started outside this run (binding not recorded).")
             remote = BMRetrieverEmbedding(model_name=args.model, api_base=api_base, dtype=dtype,
                                           embed_batch_size=args.batch_size)
             start = time.perf_counter()
