@@ -103,12 +103,6 @@ def smol_server(servers):
     return servers("SmolLM2-135M-Instruct")  # the server's default dtype: bmrag's, as the in-process side
 
 
-def torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
-
-
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
@@ -175,6 +169,9 @@ def test_bmrag_mini_server_rankings_equal_in_process_rankings(servers):
     (``BMRAG_VLLM_EMBED_DTYPE=bfloat16``) the same size measured top-10 overlap 0.885 (< 0.9), cosine min 0.99851:
     bf16 rounding (vLLM's kernels vs transformers') flips near-tied passages of this weak model.
     """
+    import torch
+
+    from bmrag import hardware
     from bmrag.encoder import BMRetrieverEncoder
 
     dtype = os.environ.get("BMRAG_VLLM_EMBED_DTYPE", "float32")
@@ -182,10 +179,18 @@ def test_bmrag_mini_server_rankings_equal_in_process_rankings(servers):
     queries, passages = _scifact(n_queries, n_passages)
     servers.stop()  # an idle server still holds GiBs; the in-process side gets the machine
     local = BMRetrieverEncoder.from_pretrained("bmrag-mini", dtype=dtype)
-    start = time.perf_counter()
-    p_local = local.encode_documents(passages, batch_size=8)  # length-sorted batches of 8 pad least here
-    q_local = local.encode_queries(queries)
-    t_local = time.perf_counter() - start
+    # Every core: the threads are process-wide, and `bmrag ask` in test_vllm_integration.py set 1 while its
+    # server ran (bmrag.hardware.default_threads), which doubled this part's time.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(hardware.usable_cores())
+    try:
+        start = time.perf_counter()
+        p_local = local.encode_documents(passages, batch_size=8)  # length-sorted batches of 8 pad least here
+        q_local = local.encode_queries(queries)
+        t_local = time.perf_counter() - start
+        local_threads = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(threads)
     del local
     api_base = servers("bmrag-mini", dtype)  # float32: reused by the tests below
     remote = BMRetrieverEncoder.from_server(api_base, "bmrag-mini", dtype=dtype, concurrency=2)
@@ -198,7 +203,7 @@ def test_bmrag_mini_server_rankings_equal_in_process_rankings(servers):
     top_remote = np.argsort(-remote.similarity(q_remote, p_remote), axis=1)[:, :10]
     overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top_local, top_remote)])
     print("\nbmrag-mini server vs in-process: " + json.dumps({
-        "dtype": dtype, "queries": len(queries), "passages": len(passages), "torch_threads": torch_threads(),
+        "dtype": dtype, "queries": len(queries), "passages": len(passages), "in_process_threads": local_threads,
         "cosine_min": round(float(per_text.min()), 5), "cosine_mean": round(float(per_text.mean()), 5),
         "top10_overlap": round(float(overlap), 4), "in_process_s": round(t_local, 1), "server_s": round(t_remote, 1)}))
     if dtype == "float32":
