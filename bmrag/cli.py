@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import get_args
 
 from bmrag import options
 from bmrag.evaluation.cli import add_eval_commands
@@ -278,7 +279,7 @@ def _add_serve_embed(sub: argparse._SubParsersAction) -> None:
     _vllm_server_options(parser, max_model_len=512, why=": the recipe's")
     parser.add_argument("--dtype", choices=DTYPE_NAMES, default=None,
                         help="weights dtype (default: bf16 on GPUs and AVX512-BF16/AMX CPUs, else fp32)")
-    parser.add_argument("--cpu-binding", choices=["all", "vllm"], default="all",
+    parser.add_argument("--cpu-binding", choices=get_args(options.CpuBinding), default="all",
                         help="CPU: the worker's threads on all usable cores (default; 1.8x the throughput of vLLM's "
                              "binding on 2 cores) or vLLM's binding, which keeps one core for its scheduler. "
                              "$VLLM_CPU_OMP_THREADS_BIND, when set, wins")

@@ -54,10 +54,8 @@ def usable_core_ids() -> list[int]:
 
 
 def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one, else ``os.cpu_count()``)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0)) or 1
-    return os.cpu_count() or 1
+    """CPU cores this process may run on (how many :func:`usable_core_ids` lists)."""
+    return len(usable_core_ids()) or 1
 
 
 def default_threads(cores: int | None = None, load: float | None = None) -> int:

